@@ -1,0 +1,142 @@
+"""Argument checks shared by the public API.
+
+Every check raises early with a message that names the argument, what was
+received and what was expected. Checks on *values* (binary masks, NaN/Inf) run
+only on concrete arrays: inside ``jit``/``vmap``/``grad`` the values are tracers
+and only the static shape and dtype checks apply.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete(x) -> bool:
+    """True when ``x`` holds actual values (not a tracer under a transformation)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _describe(x) -> str:
+    return f"shape {tuple(jnp.shape(x))} and dtype {jnp.result_type(x)}"
+
+
+def check_ndim(name: str, x, ndim: int, what: str = "") -> None:
+    if jnp.ndim(x) != ndim:
+        hint = f" {what}" if what else ""
+        raise ValueError(f"`{name}` must be a {ndim}-D array{hint}; got {_describe(x)}.")
+
+
+def check_min_ndim(name: str, x, ndim: int, layout: str) -> None:
+    if jnp.ndim(x) < ndim:
+        raise ValueError(f"`{name}` must have layout {layout}; got {_describe(x)}.")
+
+
+def check_trailing_shape(name: str, x, shape: tuple[int, ...], layout: str) -> None:
+    trailing = tuple(jnp.shape(x))[-len(shape):] if shape else ()
+    if jnp.ndim(x) < len(shape) or trailing != tuple(shape):
+        raise ValueError(
+            f"`{name}` must have layout {layout} with trailing shape {tuple(shape)}; "
+            f"got {_describe(x)}."
+        )
+
+
+def check_complex(name: str, x) -> None:
+    if not jnp.issubdtype(jnp.result_type(x), jnp.complexfloating):
+        raise TypeError(
+            f"`{name}` must be complex (complex64 or complex128); got dtype "
+            f"{jnp.result_type(x)}. Convert explicitly, e.g. `x.astype(jnp.complex64)`."
+        )
+
+
+def check_real(name: str, x) -> None:
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        raise TypeError(
+            f"`{name}` must be a real floating-point array; got dtype {jnp.result_type(x)}"
+            + (" (take the magnitude with `jnp.abs` first)." if jnp.iscomplexobj(x) else ".")
+        )
+
+
+def check_inexact(name: str, x) -> None:
+    if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+        raise TypeError(
+            f"`{name}` must be a floating-point or complex array; got dtype {jnp.result_type(x)}."
+        )
+
+
+def check_finite(name: str, x) -> None:
+    """Reject NaN/Inf in concrete arrays (a no-op on tracers)."""
+    if is_concrete(x):
+        finite = np.isfinite(np.asarray(x))
+        if not finite.all():
+            bad = int(finite.size - finite.sum())
+            raise ValueError(
+                f"`{name}` contains {bad} NaN/Inf value(s) out of {finite.size}; "
+                "expected finite values."
+            )
+
+
+def as_binary_mask(name: str, mask, ndim: int = 2) -> jax.Array:
+    """Return ``mask`` as a boolean array after checking it is ``ndim``-D and 0/1 valued."""
+    check_ndim(name, mask, ndim, "(a binary sampling mask)")
+    dtype = jnp.result_type(mask)
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        raise TypeError(f"`{name}` must be boolean or 0/1 valued; got complex dtype {dtype}.")
+    if dtype != jnp.bool_ and is_concrete(mask):
+        values = np.unique(np.asarray(mask))
+        if not np.isin(values, (0, 1)).all():
+            shown = values[~np.isin(values, (0, 1))][:5]
+            raise ValueError(
+                f"`{name}` must be binary (only 0/1 or False/True); found values {shown.tolist()}."
+            )
+    return jnp.asarray(mask).astype(bool)
+
+
+def check_ratio(name: str, ratio) -> float:
+    """A sampling ratio: a Python/NumPy real number in (0, 1]."""
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
+        raise TypeError(f"`{name}` must be a real number in (0, 1]; got {ratio!r}.")
+    ratio = float(ratio)
+    if not (0.0 < ratio <= 1.0):
+        raise ValueError(f"`{name}` must lie in (0, 1]; got {ratio}.")
+    return ratio
+
+
+def check_shape2d(name: str, shape) -> tuple[int, int]:
+    try:
+        h, w = (int(s) for s in shape)
+        ok = all(int(s) == s for s in shape)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or h <= 0 or w <= 0:
+        raise ValueError(f"`{name}` must be a pair of positive integers (H, W); got {shape!r}.")
+    return h, w
+
+
+def check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
+    return int(value)
+
+
+def check_positive(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"`{name}` must be a positive real number; got {value!r}.")
+    return float(value)
+
+
+def check_key(name: str, key) -> None:
+    """A ``jax.random`` key: a typed key array or a raw uint32 key of shape (2,)."""
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if jnp.ndim(key) != 0:
+            raise ValueError(f"`{name}` must be a single PRNG key; got a key array of shape {key.shape}.")
+        return
+    if dtype != jnp.uint32 or jnp.shape(key) != (2,):
+        raise TypeError(
+            f"`{name}` must be a jax.random key (e.g. `jax.random.key(0)`); got "
+            + (f"{_describe(key)}." if dtype is not None else f"{type(key).__name__}.")
+        )

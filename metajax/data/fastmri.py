@@ -1,0 +1,95 @@
+"""fastMRI-style HDF5 volumes (single- and multi-coil).
+
+A file holds ``kspace`` — (slices, H, W) single-coil or (slices, coils, H, W)
+multi-coil, complex, centred layout — the ground truth ``reconstruction_esc``
+(single-coil) or ``reconstruction_rss`` (multi-coil), and an ``ismrmrd_header``
+XML string whose ``encoding/reconSpace/matrixSize`` gives the reconstruction size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import xml.etree.ElementTree as ET
+
+import h5py
+import numpy as np
+
+from metajax._validation import check_finite
+from metajax.data.sources import _require_file
+
+_ISMRMRD_NS = "{http://www.ismrm.org/ISMRMRD}"
+
+
+@dataclasses.dataclass(frozen=True)
+class FastMRIVolume:
+    """One fastMRI volume.
+
+    Attributes:
+        kspace: (S, H, W) or (S, C, H, W) complex64 centred k-space.
+        target: (S, h, w) float32 ground truth, or None if not requested.
+        recon_size: (h, w) from the ISMRMRD header's ``reconSpace`` (x, y), as fastMRI
+            reads it, or None when the file has no header.
+        attrs: the file's root attributes (``max``, ``norm``, ``acquisition``, ...).
+    """
+
+    kspace: np.ndarray
+    target: np.ndarray | None
+    recon_size: tuple[int, int] | None
+    attrs: dict
+
+    @property
+    def multicoil(self) -> bool:
+        return self.kspace.ndim == 4
+
+
+def _recon_size(header: bytes | str) -> tuple[int, int]:
+    root = ET.fromstring(header)
+    size = root.find(f"{_ISMRMRD_NS}encoding/{_ISMRMRD_NS}reconSpace/{_ISMRMRD_NS}matrixSize")
+    if size is None:
+        raise ValueError("`ismrmrd_header` has no encoding/reconSpace/matrixSize element.")
+    return int(size.find(f"{_ISMRMRD_NS}x").text), int(size.find(f"{_ISMRMRD_NS}y").text)
+
+
+def _dataset(f: h5py.File, key: str, path) -> h5py.Dataset:
+    if key not in f:
+        raise KeyError(f"`path`: {str(path)!r} has no dataset {key!r}; available keys: {sorted(f.keys())}.")
+    return f[key]
+
+
+def load_fastmri(path, slices=None, target_key: str | None = "auto") -> FastMRIVolume:
+    """Read a fastMRI HDF5 file.
+
+    Args:
+        path: ``.h5`` file path.
+        slices: optional index/slice/sequence of slice numbers (default: all).
+        target_key: dataset holding the ground truth; ``"auto"`` picks
+            ``reconstruction_esc`` for single-coil and ``reconstruction_rss`` for
+            multi-coil k-space; ``None`` reads no target (e.g. challenge test files).
+    """
+    path = _require_file("path", path)
+    selection = slice(None) if slices is None else slices
+    with h5py.File(path, "r") as f:
+        kspace_ds = _dataset(f, "kspace", path)
+        if kspace_ds.ndim not in (3, 4) or not np.issubdtype(kspace_ds.dtype, np.complexfloating):
+            raise ValueError(
+                f"`path`: kspace in {path.name} must be complex (slices, [coils,] H, W); "
+                f"got shape {kspace_ds.shape} dtype {kspace_ds.dtype}."
+            )
+        kspace = np.asarray(kspace_ds[selection], dtype=np.complex64)
+        if kspace.ndim == kspace_ds.ndim - 1:  # a single integer slice index
+            kspace = kspace[None]
+        check_finite(f"kspace in {path.name}", kspace)
+        if target_key == "auto":
+            target_key = "reconstruction_rss" if kspace_ds.ndim == 4 else "reconstruction_esc"
+        target = None
+        if target_key is not None:
+            target = np.asarray(_dataset(f, target_key, path)[selection], dtype=np.float32)
+            target = target[None] if target.ndim == 2 else target
+            check_finite(f"{target_key} in {path.name}", target)
+            if target.shape[0] != kspace.shape[0]:
+                raise ValueError(
+                    f"`path`: {target_key} has {target.shape[0]} slices but kspace has {kspace.shape[0]}."
+                )
+        recon_size = _recon_size(f["ismrmrd_header"][()]) if "ismrmrd_header" in f else None
+        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+    return FastMRIVolume(kspace=kspace, target=target, recon_size=recon_size, attrs=attrs)

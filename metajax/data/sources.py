@@ -1,0 +1,160 @@
+"""Image sources: the embedded default brain slices, NIfTI volumes, image folders.
+
+All loaders return NumPy float32 stacks (slices, H, W) and never resize, crop or
+drop anything silently; :func:`normalize_per_slice` scales each slice to max 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from metajax._validation import check_finite, check_positive_int
+
+TEMPLATE_FILE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+# Axial planes of the 1 mm template that cross the brain (inferior cerebellum to vertex).
+_AXIAL_RANGE = (40, 141)
+
+
+def _require_file(name: str, path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"`{name}`: file {str(path)!r} does not exist.")
+    return path
+
+
+def normalize_per_slice(images) -> np.ndarray:
+    """Scale each (H, W) slice of a real (slices, H, W) stack to maximum 1.
+
+    Raises on slices whose maximum is not positive (empty slices would become
+    NaN); select non-empty slices first.
+    """
+    images = np.asarray(images)
+    if images.ndim != 3 or not np.issubdtype(images.dtype, np.floating):
+        raise ValueError(f"`images` must be a real (slices, H, W) stack; got {images.shape} {images.dtype}.")
+    check_finite("images", images)
+    peaks = images.max(axis=(1, 2))
+    empty = np.flatnonzero(peaks <= 0)
+    if empty.size:
+        raise ValueError(
+            f"`images`: slices {empty[:10].tolist()} have no positive value and cannot be "
+            "normalised to max 1; drop them first."
+        )
+    return (images / peaks[:, None, None]).astype(np.float32)
+
+
+def template_path() -> Path:
+    """Path of the ICBM152 2009a T1 template inside the installed ``nilearn`` package."""
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("The default data needs the `nilearn` package: `pip install nilearn`.")
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / TEMPLATE_FILE
+    return _require_file("template", path)
+
+
+@functools.lru_cache(maxsize=4)
+def _default_images(num_slices: int, size: int) -> np.ndarray:
+    from skimage.transform import resize
+
+    volume = load_nifti(template_path(), axis=2)  # (z, x, y), uint8 intensities
+    planes = np.linspace(*_AXIAL_RANGE, num_slices).round().astype(int)
+    slices = np.rot90(volume[planes], k=1, axes=(1, 2))  # (z, y, x) with anterior at the top
+    h, w = slices.shape[1:]
+    side = max(h, w)
+    pad = ((0, 0), ((side - h) // 2, side - h - (side - h) // 2), ((side - w) // 2, side - w - (side - w) // 2))
+    square = np.pad(slices, pad)
+    resized = resize(square, (num_slices, size, size), order=1, anti_aliasing=True, preserve_range=True)
+    return normalize_per_slice(resized.astype(np.float32))
+
+
+def default_images(num_slices: int = 32, size: int = 256) -> np.ndarray:
+    """The embedded default dataset: real brain MR slices, (num_slices, size, size) float32.
+
+    Axial slices of the ICBM 2009a nonlinear symmetric T1-weighted template
+    (MNI152; Fonov et al., NeuroImage 2011; average of 152 real T1 scans, 1 mm),
+    as shipped inside the ``nilearn`` wheel, so nothing is downloaded. Planes
+    z = 40..140 are sampled evenly, rotated to radiological display, zero-padded
+    to a square field of view, resized bilinearly to ``size`` and normalised per
+    slice to max 1. Licence: the template's copyright notice (McConnell Brain
+    Imaging Centre, MNI, McGill University) permits use, copying and
+    redistribution with the notice retained; see ``docs/data.md``.
+    """
+    num_slices = check_positive_int("num_slices", num_slices)
+    size = check_positive_int("size", size)
+    return _default_images(num_slices, size).copy()
+
+
+def load_nifti(path, axis: int = 2, slices=None) -> np.ndarray:
+    """Slices of a 3-D NIfTI volume (e.g. BraTS ``*_t1.nii.gz``) as (slices, H, W) float32.
+
+    Args:
+        path: ``.nii`` or ``.nii.gz`` file.
+        axis: volume axis to slice along (2 = axial for RAS-oriented volumes).
+        slices: optional index/slice/sequence selecting planes along ``axis``.
+    """
+    import nibabel as nib
+
+    path = _require_file("path", path)
+    volume = np.asarray(nib.load(str(path)).dataobj)
+    if volume.ndim != 3:
+        raise ValueError(f"`path`: {path.name} holds a {volume.ndim}-D volume {volume.shape}; expected 3-D.")
+    if axis not in (0, 1, 2):
+        raise ValueError(f"`axis` must be 0, 1 or 2; got {axis!r}.")
+    stack = np.moveaxis(volume, axis, 0)
+    if slices is not None:
+        stack = stack[slices]
+        if stack.ndim == 2:
+            stack = stack[None]
+    stack = stack.astype(np.float32)
+    check_finite(f"volume in {path.name}", stack)
+    return stack
+
+
+_IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+
+
+def load_image_folder(path, as_gray: bool = False) -> np.ndarray:
+    """All PNG/TIFF images of a folder, sorted by file name, as (N, H, W) float32.
+
+    Intensities are kept as stored (e.g. 0..255 for 8-bit PNG). Colour images
+    raise unless ``as_gray=True`` converts them to luminance (ITU-R 601-2).
+    All images must share one size.
+    """
+    from PIL import Image
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"`path`: folder {str(folder)!r} does not exist.")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"`path`: no {'/'.join(_IMAGE_SUFFIXES)} images in {str(folder)!r}.")
+    images = []
+    for file in files:
+        with Image.open(file) as im:
+            if im.mode in ("RGB", "RGBA", "P", "LA", "CMYK"):
+                if not as_gray:
+                    raise ValueError(
+                        f"`path`: {file.name} is a colour ({im.mode}) image; pass as_gray=True to convert."
+                    )
+                im = im.convert("L")
+            images.append(np.asarray(im, dtype=np.float32))
+    shapes = {img.shape for img in images}
+    if len(shapes) > 1:
+        raise ValueError(f"`path`: images in {str(folder)!r} have different sizes {sorted(shapes)}.")
+    stack = np.stack(images)
+    check_finite(f"images in {folder.name}", stack)
+    return stack
+
+
+def center_crop(images, shape) -> np.ndarray:
+    """Crop the centre (h, w) region of (..., H, W) images (fastMRI ``center_crop``)."""
+    images = np.asarray(images)
+    h, w = shape
+    if images.ndim < 2 or h > images.shape[-2] or w > images.shape[-1]:
+        raise ValueError(f"`shape` {tuple(shape)} does not fit inside images of shape {images.shape}.")
+    top = (images.shape[-2] - h) // 2
+    left = (images.shape[-1] - w) // 2
+    return images[..., top : top + h, left : left + w]
