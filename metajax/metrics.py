@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metajax._validation import check_finite, check_min_ndim, check_real
+from metajax._validation import check_finite, check_min_ndim, check_real, is_concrete
 
 _IMAGE_AXES = (-2, -1)
 
@@ -31,7 +31,7 @@ def _data_range(ref, data_range) -> jax.Array:
     if data_range is None:
         return jnp.max(ref, axis=_IMAGE_AXES)
     check_finite("data_range", data_range)
-    if np.any(np.asarray(data_range) <= 0) if not isinstance(data_range, jax.core.Tracer) else False:
+    if is_concrete(data_range) and np.any(np.asarray(data_range) <= 0):
         raise ValueError(f"`data_range` must be positive; got {data_range}.")
     return jnp.asarray(data_range)
 
