@@ -1,0 +1,61 @@
+"""Shared benchmark helpers: machine description, wall-clock timing, JSON + markdown output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import jax
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> dict:
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [d.device_kind for d in jax.devices()],
+    }
+
+
+def time_call(fn, *args, repeats: int = 10) -> float:
+    """Median wall-clock seconds of ``fn(*args)`` after one warm-up (compilation) call."""
+    jax.block_until_ready(fn(*args))
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "—" if value != value else f"{value:.4g}"
+    return str(value)
+
+
+def write(name: str, rows: list[dict], columns: list[str], note: str = "") -> Path:
+    """Write ``results/<name>.json`` and ``results/<name>.md`` and print the table."""
+    RESULTS.mkdir(exist_ok=True)
+    info = machine()
+    (RESULTS / f"{name}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
+    lines = [f"machine: {info['platform']}, {info['cpu_count']} CPUs, JAX {info['jax']} ({info['backend']}: "
+             f"{', '.join(info['devices'])})", ""]
+    if note:
+        lines += [note, ""]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [_cell(row[c]) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    (RESULTS / f"{name}.md").write_text(text)
+    print(text)
+    return RESULTS / f"{name}.json"
