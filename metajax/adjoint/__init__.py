@@ -1,0 +1,5 @@
+"""Unrolled iterations and their adjoints: autodiff through ``lax.scan`` or Lagrangian multipliers."""
+
+from metajax.adjoint.unroll import MLM, Adjoint, Autodiff, mlm_unroll, multipliers, num_phases, unroll
+
+__all__ = ["Adjoint", "Autodiff", "MLM", "unroll", "mlm_unroll", "multipliers", "num_phases"]
