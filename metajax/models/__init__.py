@@ -1,4 +1,4 @@
-"""Reconstruction models: classical baselines (learned unrolled networks come later)."""
+"""Reconstruction models: classical baselines and unrolled learned networks (LOA, PDNet)."""
 
 from metajax.models.classical import (
     finite_difference,
@@ -7,5 +7,23 @@ from metajax.models.classical import (
     tv_reconstruction,
     zero_filled,
 )
+from metajax.models.loa import LOA, LOAParams, LOAPhase, ZeroFilled
+from metajax.models.pdnet import PDNet, PDNetParams, pdnet_phase
+from metajax.models.regularizers import FeatureCNN, smoothed_l21
 
-__all__ = ["finite_difference", "finite_difference_adjoint", "operator_norm", "tv_reconstruction", "zero_filled"]
+__all__ = [
+    "finite_difference",
+    "finite_difference_adjoint",
+    "operator_norm",
+    "tv_reconstruction",
+    "zero_filled",
+    "LOA",
+    "LOAParams",
+    "LOAPhase",
+    "ZeroFilled",
+    "PDNet",
+    "PDNetParams",
+    "pdnet_phase",
+    "FeatureCNN",
+    "smoothed_l21",
+]
