@@ -50,10 +50,11 @@ def num_phases(thetas) -> int:
         raise ValueError("`thetas` has no array leaves; expected per-phase controls with a leading axis T.")
     lengths = {jax.tree_util.keystr(path): (jnp.shape(leaf)[0] if jnp.ndim(leaf) else None) for path, leaf in leaves}
     if None in lengths.values():
-        scalars = [k for k, v in lengths.items() if v is None]
+        scalars = ", ".join(k or "(root)" for k, v in lengths.items() if v is None)
         raise ValueError(f"`thetas` leaves {scalars} are scalars; every leaf needs a leading phase axis T.")
     if len(set(lengths.values())) > 1:
-        raise ValueError(f"`thetas` leaves have inconsistent leading axes (phase counts): {lengths}.")
+        counts = ", ".join(f"{k or '(root)'}: {v}" for k, v in lengths.items())
+        raise ValueError(f"`thetas` leaves have inconsistent leading axes (phase counts): {counts}.")
     t = next(iter(lengths.values()))
     if t == 0:
         raise ValueError("`thetas` has T = 0 phases; expected at least one phase.")

@@ -1,0 +1,227 @@
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.signal import correlate2d
+
+from metajax import data, masks
+from metajax.models import LOA, FeatureCNN, LOAParams, LOAPhase, PDNet, smoothed_l21
+from metajax.models.layers import complex_conv, conv, conv_adjoint, smoothed_relu, xavier_uniform
+from metajax.models.loa import BRANCH_ACCEPT_U, BRANCH_BACKTRACK
+from metajax.operators import Blur, SingleCoilMRI, gaussian_kernel
+
+
+@pytest.fixture(scope="module")
+def brain():
+    with jax.enable_x64(True):
+        images = jnp.asarray(data.default_images(2, 32), jnp.complex128)
+        op = SingleCoilMRI(masks.radial(jax.random.key(0), (32, 32), 0.25))
+        return images, op, op(images)
+
+
+# ------------------------------------------------------------------ layers
+
+
+def test_conv_matches_scipy_correlation_and_adjoint_is_exact(x64):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 9, 8))
+    kernel = rng.standard_normal((3, 2, 3, 3))
+    expected = np.stack([sum(correlate2d(x[i], kernel[o, i], mode="same") for i in range(2)) for o in range(3)])
+    np.testing.assert_allclose(conv(jnp.asarray(x), jnp.asarray(kernel)), expected, rtol=1e-12, atol=1e-12)
+    y = rng.standard_normal((3, 9, 8))
+    lhs = np.vdot(conv(jnp.asarray(x), jnp.asarray(kernel)), y)
+    rhs = np.vdot(x, conv_adjoint(jnp.asarray(y), jnp.asarray(kernel)))
+    assert abs(lhs - rhs) / abs(lhs) < 1e-12
+    (transposed,) = jax.linear_transpose(lambda v: conv(v, jnp.asarray(kernel)), jnp.asarray(x))(jnp.asarray(y))
+    np.testing.assert_allclose(conv_adjoint(jnp.asarray(y), jnp.asarray(kernel)), transposed, rtol=1e-12, atol=1e-12)
+
+
+def test_complex_conv_is_complex_correlation(x64):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 7, 6)) + 1j * rng.standard_normal((2, 7, 6))
+    k_re, k_im = rng.standard_normal((2, 3, 2, 3, 3))
+    expected = np.stack([
+        sum(correlate2d(x[i], np.conj(k_re[o, i] + 1j * k_im[o, i]), mode="same") for i in range(2)) for o in range(3)
+    ])  # scipy conjugates the second argument of a complex correlation
+    np.testing.assert_allclose(complex_conv(jnp.asarray(x), jnp.asarray(k_re), jnp.asarray(k_im)), expected,
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_smoothed_relu_pieces_and_continuity(x64):
+    delta = 1e-3
+    x = jnp.array([-1.0, -delta, -0.5 * delta, 0.0, 0.5 * delta, delta, 2.0])
+    expected = [0.0, 0.0, (0.25 * delta**2) / (4 * delta) - 0.25 * delta + 0.25 * delta, delta / 4,
+                (0.25 * delta**2) / (4 * delta) + 0.25 * delta + 0.25 * delta, delta, 2.0]
+    np.testing.assert_allclose(smoothed_relu(x, delta), expected, rtol=1e-12, atol=1e-15)
+    slope = jax.vmap(jax.grad(lambda v: smoothed_relu(v, delta)))
+    np.testing.assert_allclose(slope(jnp.array([-delta * (1 + 1e-9), -delta * (1 - 1e-9)])), [0, 0], atol=1e-6)
+    np.testing.assert_allclose(slope(jnp.array([delta * (1 - 1e-9), delta * (1 + 1e-9)])), [1, 1], atol=1e-6)
+
+
+def test_xavier_uniform_bounds_and_variance():
+    w = xavier_uniform(jax.random.key(0), (40, 2, 3, 3))
+    limit = np.sqrt(6 / (2 * 9 + 40 * 9))
+    assert float(jnp.max(jnp.abs(w))) <= limit
+    assert abs(float(jnp.var(w)) - limit**2 / 3) < 0.1 * limit**2 / 3
+
+
+def test_feature_cnn_structure_and_smoothed_l21(x64):
+    cnn = FeatureCNN(jax.random.key(0), dtype=jnp.float64)
+    assert [k.shape for k in cnn.kernels_re] == [(4, 1, 3, 3), (4, 4, 3, 3), (4, 4, 3, 3)]
+    x = jnp.asarray(data.default_images(1, 16)[0], jnp.complex128)
+    features = cnn(x)
+    assert features.shape == (4, 16, 16) and features.dtype == jnp.complex128
+    # Independent NumPy/SciPy reference: complex correlations, split smoothed ReLU, none after the last layer.
+    def relu(v):
+        return np.where(v <= -1e-3, 0, np.where(v >= 1e-3, v, v**2 / 4e-3 + v / 2 + 1e-3 / 4))
+
+    h = np.asarray(x)[None]
+    for i, (k_re, k_im) in enumerate(zip(cnn.kernels_re, cnn.kernels_im)):
+        k = np.asarray(k_re) + 1j * np.asarray(k_im)
+        h = np.stack([sum(correlate2d(h[c], np.conj(k[o, c]), mode="same") for c in range(h.shape[0]))
+                      for o in range(k.shape[0])])
+        if i < 2:
+            h = relu(h.real) + 1j * relu(h.imag)
+    np.testing.assert_allclose(features, h, rtol=1e-10, atol=1e-14)
+    norms = np.sqrt((np.abs(np.asarray(features)) ** 2).sum(axis=0))
+    eps = 0.01
+    np.testing.assert_allclose(smoothed_l21(features, eps), np.sum(np.sqrt(norms**2 + eps**2) - eps), rtol=1e-12)
+    np.testing.assert_allclose(smoothed_l21(features, 0.0), norms.sum(), rtol=1e-12)
+
+
+# ------------------------------------------------------------------ LOA
+
+
+def _manual_phases(net, op, y, omega):
+    """Run the phases one by one, returning the states and the per-phase diagnostics."""
+    (x, eps), params = net._setup(op, y, omega)
+    states, infos = [(x, eps)], []
+    for t in range(net.alpha.shape[0]):
+        (x, eps), info = net.phase.step((x, eps), {"alpha": net.alpha[t], "tau": net.tau[t]}, params)
+        states.append((x, eps))
+        infos.append(info)
+    return states, infos, params
+
+
+@pytest.mark.parametrize("alpha, tau", [(0.5, 0.1), (1.9, 2.0)], ids=["moderate-steps", "large-steps"])
+def test_loa_energy_descends_every_phase(alpha, tau, brain, x64):
+    images, op, ys = brain
+    net = LOA(jax.random.key(3), num_phases=6, alpha=alpha, tau=tau, dtype=jnp.float64)
+    states, infos, params = _manual_phases(net, op, ys[0], 0.5)
+    a = net.phase.a
+    n_pixels = images.shape[-1] * images.shape[-2]
+    for t, info in enumerate(infos):
+        (x, eps), (x_new, eps_new) = states[t], states[t + 1]
+        step = float(jnp.sum(jnp.abs(x_new - x) ** 2))
+        # The paper's guarantee, at the phase's ε: φ_ε(x⁺) ≤ φ_ε(x) − ‖x⁺ − x‖² / a.
+        assert float(info["energy_after"]) <= float(info["energy_before"]) - step / a + 1e-12
+        # φ_ε + κ N ε never rises across phases (ε may shrink in between).
+        if t + 1 < len(infos):
+            kappa = float(params.kappa)
+            assert (float(infos[t + 1]["energy_before"]) + kappa * n_pixels * float(eps_new)
+                    <= float(info["energy_before"]) + kappa * n_pixels * float(eps) + 1e-12)
+    # LOA.trace records the same numbers under lax.scan.
+    x_final, traced = net.trace(op, ys[0], 0.5)
+    np.testing.assert_allclose(traced["energy_after"], [float(i["energy_after"]) for i in infos], rtol=1e-10)
+    np.testing.assert_allclose(x_final, states[-1][0], rtol=1e-10, atol=1e-12)
+    assert np.all(np.diff(np.asarray(traced["energy_after"])) <= 1e-12)
+
+
+def test_loa_takes_both_branches_and_shrinks_eps(brain, x64):
+    images, op, ys = brain
+    # κ ≈ 0: φ ≈ f and the data step u descends, so it is accepted; huge steps must backtrack.
+    small_kappa = LOA(jax.random.key(4), num_phases=4, alpha=0.5, tau=0.1, dtype=jnp.float64)
+    assert set(np.asarray(small_kappa.trace(op, ys[0], -10.0)[1]["branch"]).tolist()) == {BRANCH_ACCEPT_U}
+    huge_steps = LOA(jax.random.key(4), num_phases=4, alpha=1.99, tau=3.0, dtype=jnp.float64)
+    info = huge_steps.trace(op, ys[0], 0.0)[1]
+    assert BRANCH_BACKTRACK in set(np.asarray(info["branch"]).tolist())
+    assert np.all(np.asarray(info["backtracks"])[np.asarray(info["branch"]) == BRANCH_BACKTRACK] >= 1)
+    # With a loose ε rule (σ large) ε shrinks by γ on every phase.
+    net = LOA(jax.random.key(4), num_phases=3, phase=LOAPhase(sigma=1e12), dtype=jnp.float64)
+    np.testing.assert_allclose(net.trace(op, ys[0], 0.0)[1]["eps"], 1e-3 * 0.9 ** np.arange(3), rtol=1e-12)
+
+
+def test_loa_phase_matches_finite_differences(brain, x64):
+    """Directional derivative of one phase w.r.t. (x, α, τ, CNN weights) vs central differences."""
+    images, op, ys = brain
+    net = LOA(jax.random.key(5), num_phases=1, dtype=jnp.float64)
+    (x0, eps), params = net._setup(op, ys[0], 0.3)
+    rng = np.random.default_rng(0)
+    directions = (
+        jnp.asarray(rng.standard_normal(x0.shape) + 1j * rng.standard_normal(x0.shape)) * 1e-2,
+        jnp.asarray(rng.standard_normal(2)) * 1e-2,
+        jax.tree.map(lambda w: jnp.asarray(rng.standard_normal(w.shape)) * 1e-2, params.features),
+    )
+
+    def phase_output(x, steps, features):
+        p = LOAParams(features, params.operator, params.y, params.kappa)
+        return net.phase((x, eps), {"alpha": steps[0], "tau": steps[1]}, p)[0]
+
+    point = (x0, jnp.array([0.5, 0.1]), params.features)
+    _, tangent = jax.jvp(phase_output, point, directions)
+    h = 1e-5
+    plus = phase_output(*jax.tree.map(lambda p, d: p + h * d, point, directions))
+    minus = phase_output(*jax.tree.map(lambda p, d: p - h * d, point, directions))
+    finite = (plus - minus) / (2 * h)
+    assert float(jnp.max(jnp.abs(finite - tangent)) / jnp.max(jnp.abs(tangent))) < 1e-6
+
+
+def test_loa_reconstruction_improves_on_zero_filled_after_a_few_adam_steps(brain, x64):
+    """A smoke test that the network is trainable end to end: loss falls monotonically-ish."""
+    import optax
+
+    images, op, ys = brain
+    net = LOA(jax.random.key(6), num_phases=3, dtype=jnp.float64)
+    optimizer = optax.adam(1e-2)
+    state = optimizer.init(eqx.filter(net, eqx.is_inexact_array))
+
+    @eqx.filter_jit
+    def step(net, state):
+        loss, grads = eqx.filter_value_and_grad(
+            lambda n: jnp.mean(jnp.abs(jax.vmap(lambda y: n(op, y, 0.0))(ys) - images) ** 2))(net)
+        updates, state = optimizer.update(grads, state)
+        return eqx.apply_updates(net, updates), state, loss
+
+    losses = []
+    for _ in range(15):
+        net, state, loss = step(net, state)
+        losses.append(float(loss))
+    zero_filled = float(jnp.mean(jnp.abs(jax.vmap(op.adjoint)(ys) - images) ** 2))
+    assert losses[-1] < 0.8 * losses[0] and losses[-1] < zero_filled
+
+
+def test_loa_bad_constants_raise():
+    with pytest.raises(ValueError, match=r"0 < rho < 1.*rho=1.5"):
+        LOAPhase(rho=1.5)
+    with pytest.raises(ValueError, match=r"`max_backtracks` must be a positive integer"):
+        LOAPhase(max_backtracks=0)
+    with pytest.raises(ValueError, match=r"`num_phases` must be a positive integer"):
+        LOA(jax.random.key(0), num_phases=0)
+    with pytest.raises(ValueError, match=r"`kernel_size` must be odd"):
+        FeatureCNN(jax.random.key(0), kernel_size=4)
+
+
+# ------------------------------------------------------------------ PDNet
+
+
+def test_pdnet_parameter_count_and_real_image_restoration(x64):
+    net = PDNet(jax.random.key(0), num_layers=5, complex_images=False, dtype=jnp.float64)
+    per_layer = net.kernel[0].size + 1  # analysis kernel + threshold
+    assert per_layer == 361
+    image = jnp.asarray(data.default_images(1, 24)[0], jnp.float64)
+    blur = Blur(gaussian_kernel(1.0, dtype=jnp.float64))
+    recon = net(blur, blur(image))
+    assert recon.shape == image.shape and recon.dtype == jnp.float64
+    # With zero analysis kernels PDNet is gradient descent on ½‖Ax − y‖²: x_T = x_{T−1} − τ A^H(A x − y).
+    plain = eqx.tree_at(lambda n: n.kernel, net, jnp.zeros_like(net.kernel))
+    x = blur.adjoint(blur(image))
+    for _ in range(5):
+        x = x - 0.5 * blur.adjoint(blur(x) - blur(image))
+    np.testing.assert_allclose(plain(blur, blur(image)), x, rtol=1e-12, atol=1e-12)
+
+
+def test_pdnet_dtype_mismatch_raises(brain):
+    _, op, ys = brain
+    with pytest.raises(ValueError, match=r"PDNet was built for real images"):
+        PDNet(jax.random.key(0), num_layers=2, complex_images=False)(op, ys[0].astype(jnp.complex64))
