@@ -98,38 +98,53 @@ class LOAPhase(eqx.Module):
         return data_fit, regularizer
 
     def step(self, state, theta, params: LOAParams):
-        """One phase; also returns diagnostics (branch, φ before/after, ε, backtracks)."""
+        """One phase; also returns diagnostics (branch, φ before/after, ε, backtracks).
+
+        Branch tests, the backtracking search and the ε rule only *decide*; they
+        run on ``stop_gradient`` values (the search in a ``lax.while_loop`` that
+        stops at the first passing α), so reverse mode never differentiates
+        them. The step actually taken stays differentiable in x, θ and the weights.
+        """
         x, eps = state
         alpha, tau = theta["alpha"], theta["tau"]
         _, regularizer = self.energies(params, eps)
         energy = lambda v: 0.5 * _sqnorm(params.operator(v) - params.y) + regularizer(v)  # noqa: E731
         grad_f = lambda v: params.operator.adjoint(params.operator(v) - params.y)  # noqa: E731
         grad_phi = lambda v: grad_f(v) + _real_gradient(regularizer, v)  # noqa: E731
+        norm = lambda v: jnp.sqrt(_sqnorm(v))  # noqa: E731
+        frozen = jax.lax.stop_gradient
 
         z = x - alpha * grad_f(x)
         u = z - tau * _real_gradient(regularizer, z)
-        phi_x, grad_x = energy(x), grad_phi(x)
-        step_u = _sqnorm(u - x)
-        accept = (jnp.sqrt(_sqnorm(grad_x)) <= self.a * jnp.sqrt(step_u)) & (energy(u) - phi_x <= -step_u / self.a)
+        grad_x = grad_phi(x)
+        x_c, u_c, g_c, alpha_c, eps_c = frozen((x, u, grad_x, alpha, eps))
+        phi_x = energy(x_c)
+        accept = (norm(g_c) <= self.a * norm(u_c - x_c)) & (energy(u_c) - phi_x <= -_sqnorm(u_c - x_c) / self.a)
 
-        def backtrack(_):
-            def attempt(j, carry):
-                found, best, tries = carry
-                v = x - alpha * self.rho**j * grad_x
-                ok = energy(v) - phi_x <= -_sqnorm(v - x) / self.a
-                take = ok & ~found
-                return found | ok, jnp.where(take, v, best), jnp.where(take, j + 1, tries)
+        def sufficient_decrease(j):
+            step = alpha_c * self.rho**j * g_c
+            return energy(x_c - step) - phi_x <= -_sqnorm(step) / self.a
 
-            found, v, tries = jax.lax.fori_loop(
-                0, self.max_backtracks, attempt, (jnp.array(False), x, jnp.array(self.max_backtracks)))
-            return v, jnp.where(found, BRANCH_BACKTRACK, BRANCH_EXHAUSTED), tries
+        def keep_searching(carry):
+            j, ok = carry
+            return ~ok & (j < self.max_backtracks - 1)
 
-        x_new, branch, tries = jax.lax.cond(
-            accept, lambda _: (u, jnp.array(BRANCH_ACCEPT_U), jnp.array(0)), backtrack, None)
-        shrink = jnp.sqrt(_sqnorm(grad_phi(x_new))) < self.sigma * self.gamma * eps
+        j, found = jax.lax.while_loop(
+            keep_searching, lambda c: (c[0] + 1, sufficient_decrease(c[0] + 1)),
+            (jnp.array(0), accept | sufficient_decrease(0)))
+        found = found & ~accept
+        v = x - alpha * self.rho**j * grad_x
+        x_new = jnp.where(accept, u, jnp.where(found, v, x))
+        x_new_c = frozen(x_new)
+        shrink = norm(grad_phi(x_new_c)) < self.sigma * self.gamma * eps_c
         eps_new = jnp.where(shrink, self.gamma * eps, eps)
-        info = {"branch": branch, "energy_before": phi_x, "energy_after": energy(x_new), "eps": eps,
-                "backtracks": tries}
+        info = {
+            "branch": jnp.where(accept, BRANCH_ACCEPT_U, jnp.where(found, BRANCH_BACKTRACK, BRANCH_EXHAUSTED)),
+            "energy_before": phi_x,
+            "energy_after": energy(x_new_c),
+            "eps": eps_c,
+            "backtracks": jnp.where(accept, 0, jnp.where(found, j + 1, self.max_backtracks)),
+        }
         return (x_new, eps_new), info
 
 
