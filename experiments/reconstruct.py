@@ -65,8 +65,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     for ratio in cfg.ratios:
         key, mask_key, noise_key = jax.random.split(key, 3)
         op = SingleCoilMRI(make_mask(cfg.mask, mask_key, images.shape[1:], ratio))
-        task = Task(op, truth[:n_tune].astype(jnp.complex64), truth[:0], truth[n_tune:].astype(jnp.complex64), cfg.noise_std)
-        y_tune = task.measure(jax.random.fold_in(noise_key, 0), task.train)
+        images_c = truth.astype(jnp.complex64)  # classical baselines: no training split; λ is tuned on `val`
+        task = Task(op, train=images_c[:0], val=images_c[:n_tune], test=images_c[n_tune:], noise_std=cfg.noise_std)
+        y_tune = task.measure(jax.random.fold_in(noise_key, 0), task.val)
         y_test = task.measure(jax.random.fold_in(noise_key, 1), task.test)
         tuning = {w: float(scores(tv_reconstruction(op, y_tune, w, cfg.tv.iterations), truth[:n_tune])["psnr"].mean())
                   for w in cfg.tv.weights}

@@ -2,7 +2,11 @@ import os
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import pytest
+
+from metajax import data, masks
+from metajax.operators import SingleCoilMRI
 
 SHARED_DATA = Path(os.environ.get("METAJAX_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -25,3 +29,11 @@ def shared_file():
         return path
 
     return get
+
+
+def brain_mri(num_slices: int, size: int, ratio: float):
+    """Real brain slices (complex128), a radial single-coil operator and its noiseless measurements."""
+    with jax.enable_x64(True):
+        images = jnp.asarray(data.default_images(num_slices, size), jnp.complex128)
+        op = SingleCoilMRI(masks.radial(jax.random.key(0), (size, size), ratio))
+        return images, op, op(images)

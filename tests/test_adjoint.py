@@ -5,10 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import brain_mri
 
-from metajax import data, masks
+from metajax import masks
 from metajax.adjoint import MLM, Autodiff, mlm_unroll, multipliers, unroll
-from metajax.models import LOA, PDNet
+from metajax.models import LOA, PDNet, ResidualInitial
 from metajax.operators import SingleCoilMRI
 
 ADJOINTS = [MLM(), MLM(checkpoint_every=2), MLM(checkpoint_every="sqrt"), MLM(scan_unroll=True)]
@@ -122,10 +123,7 @@ def test_forward_mode_is_not_supported_by_mlm(x64):
 
 @pytest.fixture(scope="module")
 def mri_problem():
-    with jax.enable_x64(True):
-        images = jnp.asarray(data.default_images(3, 16), jnp.complex128)
-        op = SingleCoilMRI(masks.radial(jax.random.key(0), (16, 16), 0.3))
-        return images, op, op(images)
+    return brain_mri(3, 16, 0.3)
 
 
 def _network_loss(net, op, ys, images, adjoint, omega=0.2):
@@ -137,8 +135,10 @@ def _network_loss(net, op, ys, images, adjoint, omega=0.2):
 
 
 def _networks():
+    # A learned initial network (scale ≠ 0) makes gradients flow through λ_0 into g_0's weights.
+    initial = eqx.tree_at(lambda m: m.scale, ResidualInitial(jax.random.key(9), dtype=jnp.float64), jnp.asarray(0.3))
     return [
-        LOA(jax.random.key(1), num_phases=4, dtype=jnp.float64),
+        LOA(jax.random.key(1), num_phases=4, initial=initial, dtype=jnp.float64),
         PDNet(jax.random.key(2), num_layers=4, channels=6, dtype=jnp.float64),
     ]
 
@@ -152,6 +152,8 @@ def test_network_gradients_equal_autodiff_with_batch_vmap_and_jit(index, mri_pro
     for adjoint in (MLM(), MLM(checkpoint_every=3)):
         ours = grad(net, op, ys, images, adjoint)
         assert _max_relative_error(ours, reference) < 1e-12, adjoint
+    if index == 0:
+        assert all(float(jnp.max(jnp.abs(k))) > 0 for k in ours.initial.cnn.kernels_re)
 
 
 def test_loa_gradients_under_vmap_over_tasks(mri_problem, x64):

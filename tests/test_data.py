@@ -82,7 +82,8 @@ def test_fastmri_errors(tmp_path):
     kspace = np.ones((2, 8, 6), np.complex64)
     path = tmp_path / "no_target.h5"
     _write_fastmri(path, kspace, None, target)
-    with pytest.raises(KeyError, match=r"no dataset 'reconstruction_esc'; available keys: \['ismrmrd_header', 'kspace'\]"):
+    missing = r"no dataset 'reconstruction_esc'; available keys: \['ismrmrd_header', 'kspace'\]"
+    with pytest.raises(KeyError, match=missing):
         data.load_fastmri(path)
     bad = tmp_path / "nan.h5"
     corrupted = kspace.copy()

@@ -72,9 +72,8 @@ def test_masks_are_jit_and_vmap_compatible():
     batched = jax.vmap(lambda k: masks.radial(k, (32, 32), 0.2))(KEYS[:3])
     for k, m in zip(KEYS[:3], batched):
         np.testing.assert_array_equal(m, masks.radial(k, (32, 32), 0.2))
-    np.testing.assert_array_equal(
-        jax.jit(masks.cartesian, static_argnums=(1, 2))(KEYS[0], (32, 32), 0.25), masks.cartesian(KEYS[0], (32, 32), 0.25)
-    )
+    jitted = jax.jit(masks.cartesian, static_argnums=(1, 2))
+    np.testing.assert_array_equal(jitted(KEYS[0], (32, 32), 0.25), masks.cartesian(KEYS[0], (32, 32), 0.25))
     raw_key = jax.random.PRNGKey(0)  # legacy uint32 keys are accepted as well
     assert masks.variable_density(raw_key, (16, 16), 0.5).sum() == 128
 

@@ -3,21 +3,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import brain_mri
 from scipy.signal import correlate2d
 
-from metajax import data, masks
-from metajax.models import LOA, FeatureCNN, LOAParams, LOAPhase, PDNet, smoothed_l21
+from metajax import data
+from metajax.models import LOA, FeatureCNN, LOAParams, LOAPhase, PDNet, ResidualInitial, smoothed_l21
 from metajax.models.layers import complex_conv, conv, conv_adjoint, smoothed_relu, xavier_uniform
 from metajax.models.loa import BRANCH_ACCEPT_U, BRANCH_BACKTRACK
-from metajax.operators import Blur, SingleCoilMRI, gaussian_kernel
+from metajax.operators import Blur, gaussian_kernel
 
 
 @pytest.fixture(scope="module")
 def brain():
-    with jax.enable_x64(True):
-        images = jnp.asarray(data.default_images(2, 32), jnp.complex128)
-        op = SingleCoilMRI(masks.radial(jax.random.key(0), (32, 32), 0.25))
-        return images, op, op(images)
+    return brain_mri(2, 32, 0.25)
 
 
 # ------------------------------------------------------------------ layers
@@ -189,6 +187,15 @@ def test_loa_reconstruction_improves_on_zero_filled_after_a_few_adam_steps(brain
         losses.append(float(loss))
     zero_filled = float(jnp.mean(jnp.abs(jax.vmap(op.adjoint)(ys) - images) ** 2))
     assert losses[-1] < 0.8 * losses[0] and losses[-1] < zero_filled
+
+
+def test_residual_initial_starts_as_zero_filling(brain, x64):
+    _, op, ys = brain
+    initial = ResidualInitial(jax.random.key(0), dtype=jnp.float64)
+    np.testing.assert_array_equal(initial(op, ys[0]), op.adjoint(ys[0]))
+    shifted = eqx.tree_at(lambda m: m.scale, initial, jnp.asarray(0.5))
+    np.testing.assert_allclose(shifted(op, ys[0]), op.adjoint(ys[0]) + 0.5 * initial.cnn(op.adjoint(ys[0]))[0])
+    assert initial.cnn.kernels_re[-1].shape == (1, 8, 3, 3)
 
 
 def test_loa_bad_constants_raise():

@@ -1,5 +1,14 @@
 """Unrolled iterations and their adjoints: autodiff through ``lax.scan`` or Lagrangian multipliers."""
 
-from metajax.adjoint.unroll import MLM, Adjoint, Autodiff, mlm_unroll, multipliers, num_phases, unroll
+from metajax.adjoint.unroll import (
+    MLM,
+    Adjoint,
+    Autodiff,
+    DecidingPhase,
+    mlm_unroll,
+    multipliers,
+    num_phases,
+    unroll,
+)
 
-__all__ = ["Adjoint", "Autodiff", "MLM", "unroll", "mlm_unroll", "multipliers", "num_phases"]
+__all__ = ["Adjoint", "Autodiff", "MLM", "DecidingPhase", "unroll", "mlm_unroll", "multipliers", "num_phases"]

@@ -88,6 +88,45 @@ def _check_phase(phase, u0, thetas, params) -> None:
             )
 
 
+# ------------------------------------------------------------------ phases with discrete choices
+
+
+class DecidingPhase(eqx.Module):
+    """A phase whose discrete choices (branches, line-search counts) can be recorded and replayed.
+
+    ``decide(u, θ, params) -> (u_next, decisions)`` runs the whole phase and
+    returns its choices as a small PyTree; ``apply(u, θ, params, decisions)``
+    recomputes ``u_next`` along the recorded choices, evaluating only what
+    ``u_next`` depends on differentiably. The two must agree exactly, and the
+    choices must be piecewise constant (they carry no gradient), so
+    ``apply``'s derivatives equal the phase's. :class:`MLM` stores the choices
+    of every phase (a few bytes each) in the forward pass and differentiates
+    ``apply`` in the backward pass, so tests such as energy evaluations or a
+    backtracking search are not recomputed there. Calling the phase is ``decide``.
+    """
+
+    @abc.abstractmethod
+    def decide(self, u, theta, params):
+        """Run the phase; return ``(u_next, decisions)``."""
+
+    @abc.abstractmethod
+    def apply(self, u, theta, params, decisions):
+        """Recompute ``u_next`` along the recorded ``decisions``."""
+
+    def __call__(self, u, theta, params):
+        return self.decide(u, theta, params)[0]
+
+
+def _decide(phase, u, theta, params):
+    return phase.decide(u, theta, params) if isinstance(phase, DecidingPhase) else (phase(u, theta, params), None)
+
+
+def _replay(phase, u, step_inputs, params):
+    """The phase at ``u`` for ``step_inputs = (theta, decisions)``, along the recorded decisions."""
+    theta, decisions = step_inputs
+    return phase.apply(u, theta, params, decisions) if isinstance(phase, DecidingPhase) else phase(u, theta, params)
+
+
 # ------------------------------------------------------------------ strategies
 
 
@@ -181,13 +220,6 @@ def multipliers(phase, loss, u0, thetas, params, *, checkpoint_every=None, scan_
 # ------------------------------------------------------------------ MLM internals
 
 
-def _scan_phases(phase, u, thetas, params, scan_unroll, keep_states):
-    """Forward scan; optionally returns the input state of every phase (leading axis = phases)."""
-
-    def step(u, theta):
-        return phase(u, theta, params), (u if keep_states else None)
-
-    return jax.lax.scan(step, u, thetas, unroll=scan_unroll)
 
 
 def _split(tree, t: int, k: int):
@@ -199,32 +231,60 @@ def _split(tree, t: int, k: int):
 
 
 def _forward(phase, adjoint: MLM, u0, thetas, params):
-    """Run the phases; return ``u_T`` and the checkpoints (states at segment starts)."""
+    """Run the phases; return ``u_T`` and the residuals: checkpoints (states at segment
+    starts), the state after the last full segment, and every phase's decisions."""
     t = num_phases(thetas)
     k = adjoint.segment(t)
     full, rest = _split(thetas, t, k)
 
-    def segment(u, seg_thetas):
-        return _scan_phases(phase, u, seg_thetas, params, adjoint.scan_unroll, keep_states=False)[0], u
+    def run(u, seg_thetas):
+        return jax.lax.scan(lambda u, th: _decide(phase, u, th, params), u, seg_thetas, unroll=adjoint.scan_unroll)
 
-    u_mid, checkpoints = jax.lax.scan(segment, u0, full)
-    u_final = _scan_phases(phase, u_mid, rest, params, adjoint.scan_unroll, keep_states=False)[0] if t % k else u_mid
-    return u_final, (checkpoints, u_mid)
+    def segment(u, seg_thetas):
+        u_next, decisions = run(u, seg_thetas)
+        return u_next, (u, decisions)
+
+    u_mid, (checkpoints, full_decisions) = jax.lax.scan(segment, u0, full)
+    u_final, rest_decisions = run(u_mid, rest) if t % k else (u_mid, None)
+    return u_final, (checkpoints, u_mid, _merge(full_decisions, rest_decisions, t % k))
+
+
+def _merge(full, rest, has_rest):
+    """Inverse of :func:`_split`: (n, k, ...) segments and an (r, ...) remainder back to (T, ...)."""
+    flat = jax.tree.map(lambda f: f.reshape(-1, *f.shape[2:]), full)
+    return jax.tree.map(lambda f, r: jnp.concatenate([f, r]), flat, rest) if has_rest else flat
 
 
 def _diff_part(params):
     return eqx.partition(params, eqx.is_inexact_array)
 
 
-def _segment_backward(phase, adjoint, u_start, seg_thetas, params, lam, keep_multipliers):
-    """Backward through one segment: recompute its states from ``u_start`` then reverse-scan vjps."""
-    _, states = _scan_phases(phase, u_start, seg_thetas, params, adjoint.scan_unroll, keep_states=True)
+def _segment_states(phase, adjoint, u_start, seg_inputs, params):
+    """The k input states of a segment's phases, recomputed from ``u_start`` with k − 1 replays.
+
+    The segment's last phase is not run here: its output is the next segment's
+    start (or u_T), and its ``vjp`` evaluates it anyway. For k = 1 (every
+    state stored) this costs nothing.
+    """
+    head = jax.tree.map(lambda a: a[:-1], seg_inputs)
+    last, earlier = jax.lax.scan(
+        lambda u, inp: (_replay(phase, u, inp, params), u), u_start, head, unroll=adjoint.scan_unroll)
+    return jax.tree.map(lambda before, final: jnp.concatenate([before, final[None]]), earlier, last)
+
+
+def _segment_backward(phase, adjoint, u_start, seg_inputs, params, lam, keep_multipliers):
+    """Backward through one segment: recompute its states from ``u_start`` then reverse-scan vjps.
+
+    ``seg_inputs = (thetas, decisions)`` of the segment's phases.
+    """
+    states = _segment_states(phase, adjoint, u_start, seg_inputs, params)
     diff, static = _diff_part(params)
 
     def step(carry, inputs):
         lam, grad_params = carry
-        u_prev, theta = inputs
-        _, vjp = jax.vjp(lambda u, th, p: phase(u, th, eqx.combine(p, static)), u_prev, theta, diff)
+        u_prev, (theta, decisions) = inputs
+        _, vjp = jax.vjp(lambda u, th, p: _replay(phase, u, (th, decisions), eqx.combine(p, static)),
+                         u_prev, theta, diff)
         lam_prev, cot_theta, cot_params = vjp(lam)
         grad_params = jax.tree.map(lambda acc, c: acc - c, grad_params, cot_params)
         grad_theta = jax.tree.map(jnp.negative, cot_theta)
@@ -232,16 +292,16 @@ def _segment_backward(phase, adjoint, u_start, seg_thetas, params, lam, keep_mul
 
     zeros = jax.tree.map(jnp.zeros_like, diff)
     (lam_start, grad_params), (grad_thetas, lams) = jax.lax.scan(
-        step, (lam, zeros), (states, seg_thetas), reverse=True, unroll=adjoint.scan_unroll
+        step, (lam, zeros), (states, seg_inputs), reverse=True, unroll=adjoint.scan_unroll
     )
     return lam_start, grad_params, grad_thetas, lams
 
 
 def _backward(phase, adjoint: MLM, t: int, residuals, thetas, params, lam_final, keep_multipliers):
     """Return (λ_0, ∂L/∂params (float leaves), ∂L/∂thetas, λ_0..λ_{T−1} stacked or None)."""
-    checkpoints, u_mid = residuals
+    checkpoints, u_mid, decisions = residuals
     k = adjoint.segment(t)
-    full, rest = _split(thetas, t, k)
+    full, rest = _split((thetas, decisions), t, k)
     lam = lam_final
     grad_params = jax.tree.map(jnp.zeros_like, _diff_part(params)[0])
     rest_grads = rest_lams = None
@@ -251,20 +311,16 @@ def _backward(phase, adjoint: MLM, t: int, residuals, thetas, params, lam_final,
 
     def segment(carry, inputs):
         lam, grad_params = carry
-        u_start, seg_thetas = inputs
+        u_start, seg_inputs = inputs
         lam, seg_params, seg_grads, seg_lams = _segment_backward(
-            phase, adjoint, u_start, seg_thetas, params, lam, keep_multipliers)
+            phase, adjoint, u_start, seg_inputs, params, lam, keep_multipliers)
         return (lam, jax.tree.map(jnp.add, grad_params, seg_params)), (seg_grads, seg_lams)
 
     (lam0, grad_params), (full_grads, full_lams) = jax.lax.scan(
         segment, (lam, grad_params), (checkpoints, full), reverse=True)
-    merge = lambda f, r: jnp.concatenate([f.reshape(-1, *f.shape[2:]), r])  # noqa: E731
-    grad_thetas = jax.tree.map(merge, full_grads, rest_grads) if t % k else jax.tree.map(
-        lambda f: f.reshape(-1, *f.shape[2:]), full_grads)
-    lams = None
-    if keep_multipliers:  # the step of phase t emits λ_{t−1}, so these stack to λ_0..λ_{T−1}
-        lams = jax.tree.map(merge, full_lams, rest_lams) if t % k else jax.tree.map(
-            lambda f: f.reshape(-1, *f.shape[2:]), full_lams)
+    grad_thetas = _merge(full_grads, rest_grads, t % k)
+    # The step of phase t emits λ_{t−1}, so these stack to λ_0..λ_{T−1}.
+    lams = _merge(full_lams, rest_lams, t % k) if keep_multipliers else None
     return lam0, grad_params, grad_thetas, lams
 
 

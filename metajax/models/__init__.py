@@ -7,7 +7,7 @@ from metajax.models.classical import (
     tv_reconstruction,
     zero_filled,
 )
-from metajax.models.loa import LOA, LOAParams, LOAPhase, ZeroFilled
+from metajax.models.loa import LOA, LOAParams, LOAPhase, ResidualInitial, ZeroFilled
 from metajax.models.pdnet import PDNet, PDNetParams, pdnet_phase
 from metajax.models.regularizers import FeatureCNN, smoothed_l21
 
@@ -21,6 +21,7 @@ __all__ = [
     "LOAParams",
     "LOAPhase",
     "ZeroFilled",
+    "ResidualInitial",
     "PDNet",
     "PDNetParams",
     "pdnet_phase",

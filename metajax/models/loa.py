@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from metajax._validation import check_positive_int
-from metajax.adjoint import Autodiff, unroll
+from metajax.adjoint import Autodiff, DecidingPhase, unroll
 from metajax.models.regularizers import FeatureCNN, smoothed_l21
 from metajax.operators.base import LinearOperator
 
@@ -67,11 +67,13 @@ class LOAParams(eqx.Module):
     kappa: jax.Array
 
 
-class LOAPhase(eqx.Module):
+class LOAPhase(DecidingPhase):
     """One phase of Algorithm 1 as a pure function ``(state, theta, params) -> state``.
 
     ``state = (x, ε)``; ``theta = {"alpha": α_t, "tau": τ_t}``. All fields are
-    static constants of the algorithm.
+    static constants of the algorithm. As a :class:`~metajax.adjoint.DecidingPhase`
+    it records its choices (branch, backtracking count, ε shrink), so the MLM
+    adjoint replays them instead of re-running the tests in its backward pass.
     """
 
     a: float = eqx.field(static=True, default=1e3)
@@ -88,36 +90,49 @@ class LOAPhase(eqx.Module):
             )
         check_positive_int("max_backtracks", self.max_backtracks)
 
-    def __call__(self, state, theta, params: LOAParams):
-        return self.step(state, theta, params)[0]
-
     def energies(self, params: LOAParams, eps):
-        """``(f, R_ε)`` as functions of the image for this task and ε."""
-        data_fit = lambda x: 0.5 * _sqnorm(params.operator(x) - params.y)  # noqa: E731
+        """``(φ_ε, ∇f, ∇φ_ε, ∇R_ε)`` as functions of the image, for this task and ε."""
         regularizer = lambda x: params.kappa * smoothed_l21(params.features(x), eps)  # noqa: E731
-        return data_fit, regularizer
+        energy = lambda x: 0.5 * _sqnorm(params.operator(x) - params.y) + regularizer(x)  # noqa: E731
+        grad_f = lambda x: params.operator.adjoint(params.operator(x) - params.y)  # noqa: E731
+        grad_r = lambda x: _real_gradient(regularizer, x)  # noqa: E731
+        return energy, grad_f, lambda x: grad_f(x) + grad_r(x), grad_r
+
+    def _candidates(self, state, theta, params):
+        """The differentiable part: ``u = z − τ∇R_ε(z)`` with ``z = x − α∇f(x)``, and ``∇φ_ε(x)``."""
+        x, eps = state
+        _, grad_f, _, grad_r = self.energies(params, eps)
+        grad_fx = grad_f(x)
+        z = x - theta["alpha"] * grad_fx
+        return z - theta["tau"] * grad_r(z), grad_fx + grad_r(x)
+
+    def _select(self, state, theta, u, grad_x, decisions):
+        x, eps = state
+        v = x - theta["alpha"] * self.rho ** decisions["exponent"] * grad_x
+        x_new = jnp.where(decisions["accept"], u, jnp.where(decisions["found"], v, x))
+        return x_new, jnp.where(decisions["shrink"], self.gamma * eps, eps)
+
+    def apply(self, state, theta, params, decisions):
+        u, grad_x = self._candidates(state, theta, params)
+        return self._select(state, theta, u, grad_x, decisions)
+
+    def decide(self, state, theta, params):
+        new_state, info = self.step(state, theta, params)
+        return new_state, {k: info[k] for k in ("accept", "found", "exponent", "shrink")}
 
     def step(self, state, theta, params: LOAParams):
-        """One phase; also returns diagnostics (branch, φ before/after, ε, backtracks).
+        """One phase; returns ``(state_next, info)`` with the decisions and diagnostics.
 
-        Branch tests, the backtracking search and the ε rule only *decide*; they
-        run on ``stop_gradient`` values (the search in a ``lax.while_loop`` that
-        stops at the first passing α), so reverse mode never differentiates
-        them. The step actually taken stays differentiable in x, θ and the weights.
+        The tests (safeguard, sufficient decrease, ε rule) only *decide*; they run
+        on ``stop_gradient`` values (the backtracking search in a
+        ``lax.while_loop`` that stops at the first passing α), so reverse mode
+        never differentiates them. The step taken stays differentiable.
         """
         x, eps = state
-        alpha, tau = theta["alpha"], theta["tau"]
-        _, regularizer = self.energies(params, eps)
-        energy = lambda v: 0.5 * _sqnorm(params.operator(v) - params.y) + regularizer(v)  # noqa: E731
-        grad_f = lambda v: params.operator.adjoint(params.operator(v) - params.y)  # noqa: E731
-        grad_phi = lambda v: grad_f(v) + _real_gradient(regularizer, v)  # noqa: E731
+        energy, _, grad_phi, _ = self.energies(params, jax.lax.stop_gradient(eps))
+        u, grad_x = self._candidates(state, theta, params)
+        x_c, u_c, g_c, alpha_c, eps_c = jax.lax.stop_gradient((x, u, grad_x, theta["alpha"], eps))
         norm = lambda v: jnp.sqrt(_sqnorm(v))  # noqa: E731
-        frozen = jax.lax.stop_gradient
-
-        z = x - alpha * grad_f(x)
-        u = z - tau * _real_gradient(regularizer, z)
-        grad_x = grad_phi(x)
-        x_c, u_c, g_c, alpha_c, eps_c = frozen((x, u, grad_x, alpha, eps))
         phi_x = energy(x_c)
         accept = (norm(g_c) <= self.a * norm(u_c - x_c)) & (energy(u_c) - phi_x <= -_sqnorm(u_c - x_c) / self.a)
 
@@ -125,27 +140,23 @@ class LOAPhase(eqx.Module):
             step = alpha_c * self.rho**j * g_c
             return energy(x_c - step) - phi_x <= -_sqnorm(step) / self.a
 
-        def keep_searching(carry):
-            j, ok = carry
-            return ~ok & (j < self.max_backtracks - 1)
-
         j, found = jax.lax.while_loop(
-            keep_searching, lambda c: (c[0] + 1, sufficient_decrease(c[0] + 1)),
+            lambda c: ~c[1] & (c[0] < self.max_backtracks - 1),
+            lambda c: (c[0] + 1, sufficient_decrease(c[0] + 1)),
             (jnp.array(0), accept | sufficient_decrease(0)))
-        found = found & ~accept
-        v = x - alpha * self.rho**j * grad_x
-        x_new = jnp.where(accept, u, jnp.where(found, v, x))
-        x_new_c = frozen(x_new)
-        shrink = norm(grad_phi(x_new_c)) < self.sigma * self.gamma * eps_c
-        eps_new = jnp.where(shrink, self.gamma * eps, eps)
+        decisions = {"accept": accept, "found": found & ~accept, "exponent": j, "shrink": jnp.array(False)}
+        x_new_c, _ = self._select((x_c, eps_c), {"alpha": alpha_c}, u_c, g_c, decisions)
+        decisions["shrink"] = norm(grad_phi(x_new_c)) < self.sigma * self.gamma * eps_c
         info = {
-            "branch": jnp.where(accept, BRANCH_ACCEPT_U, jnp.where(found, BRANCH_BACKTRACK, BRANCH_EXHAUSTED)),
+            **decisions,
+            "branch": jnp.where(accept, BRANCH_ACCEPT_U, jnp.where(decisions["found"], BRANCH_BACKTRACK,
+                                                                   BRANCH_EXHAUSTED)),
             "energy_before": phi_x,
             "energy_after": energy(x_new_c),
             "eps": eps_c,
-            "backtracks": jnp.where(accept, 0, jnp.where(found, j + 1, self.max_backtracks)),
+            "backtracks": jnp.where(accept, 0, jnp.where(decisions["found"], j + 1, self.max_backtracks)),
         }
-        return (x_new, eps_new), info
+        return self._select(state, theta, u, grad_x, decisions), info
 
 
 class ZeroFilled(eqx.Module):
@@ -153,6 +164,26 @@ class ZeroFilled(eqx.Module):
 
     def __call__(self, operator, y):
         return operator.adjoint(y)
+
+
+class ResidualInitial(eqx.Module):
+    """Learned initial network ``x₀ = z + s · g(z)`` with ``z = A^H y``.
+
+    ``g`` is a small bias-free complex CNN (:class:`FeatureCNN` with one output
+    channel) and ``s`` a learned scale initialised to 0, so training starts from
+    the zero-filled image.
+    """
+
+    cnn: FeatureCNN
+    scale: jax.Array
+
+    def __init__(self, key, layers: int = 2, features: int = 8, dtype=jnp.float32):
+        self.cnn = FeatureCNN(key, layers=layers, features=features, out_features=1, dtype=dtype)
+        self.scale = jnp.zeros((), dtype)
+
+    def __call__(self, operator, y):
+        z = operator.adjoint(y)
+        return z + self.scale.astype(z.real.dtype) * self.cnn(z)[0]
 
 
 class LOA(eqx.Module):

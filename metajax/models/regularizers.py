@@ -25,6 +25,7 @@ class FeatureCNN(eqx.Module):
         key: PRNG key for the Xavier-uniform initialisation.
         layers: number of convolution layers l (paper: 3).
         features: kernels per layer d (paper: 4).
+        out_features: kernels of the last layer (default: ``features``).
         kernel_size: odd spatial size (paper: 3).
         delta: smoothing δ of the ReLU (paper: 0.001).
     """
@@ -34,12 +35,14 @@ class FeatureCNN(eqx.Module):
     delta: float = eqx.field(static=True)
 
     def __init__(self, key, layers: int = 3, features: int = 4, kernel_size: int = 3, delta: float = 1e-3,
-                 dtype=jnp.float32):
+                 out_features: int | None = None, dtype=jnp.float32):
         layers = check_positive_int("layers", layers)
         features = check_positive_int("features", features)
+        out_features = features if out_features is None else check_positive_int("out_features", out_features)
         if check_positive_int("kernel_size", kernel_size) % 2 == 0:
             raise ValueError(f"`kernel_size` must be odd; got {kernel_size}.")
-        shapes = [(features, 1 if i == 0 else features, kernel_size, kernel_size) for i in range(layers)]
+        widths = [1] + [features] * (layers - 1) + [out_features]
+        shapes = [(widths[i + 1], widths[i], kernel_size, kernel_size) for i in range(layers)]
         keys = jax.random.split(key, 2 * layers)
         # Real and imaginary parts each get half the variance of a real Xavier kernel.
         self.kernels_re = tuple(xavier_uniform(k, s, dtype, gain=0.5**0.5) for k, s in zip(keys[:layers], shapes))
