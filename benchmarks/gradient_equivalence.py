@@ -104,7 +104,7 @@ def measure(model, size, phases, args) -> list[dict]:
             row["memory_ratio"] = row["temp_MB"] / base["temp_MB"]
             row["error_f32"] = relative_error(grads[row["variant"]], grads["autodiff"])
         row["error_f64"] = errors64.get(row["variant"], float("nan"))
-        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+        print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
     return rows
 
 

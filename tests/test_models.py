@@ -140,6 +140,20 @@ def test_loa_takes_both_branches_and_shrinks_eps(brain, x64):
     np.testing.assert_allclose(net.trace(op, ys[0], 0.0)[1]["eps"], 1e-3 * 0.9 ** np.arange(3), rtol=1e-12)
 
 
+@pytest.mark.parametrize("alpha, tau, omega", [(0.5, 0.1, -10.0), (1.99, 3.0, 0.0)], ids=["accept", "backtrack"])
+def test_loa_replaying_recorded_decisions_reproduces_the_phase(alpha, tau, omega, brain, x64):
+    """The DecidingPhase contract the MLM adjoint relies on: apply(decide(...).decisions) == decide(...)."""
+    _, op, ys = brain
+    net = LOA(jax.random.key(7), num_phases=1, alpha=alpha, tau=tau, dtype=jnp.float64)
+    state, params = net._setup(op, ys[0], omega)
+    theta = {"alpha": net.alpha[0], "tau": net.tau[0]}
+    new_state, decisions = net.phase.decide(state, theta, params)
+    replayed = net.phase.apply(state, theta, params, decisions)
+    np.testing.assert_array_equal(replayed[0], new_state[0])
+    np.testing.assert_array_equal(replayed[1], new_state[1])
+    assert bool(decisions["accept"]) == (alpha == 0.5)
+
+
 def test_loa_phase_matches_finite_differences(brain, x64):
     """Directional derivative of one phase w.r.t. (x, α, τ, CNN weights) vs central differences."""
     images, op, ys = brain
