@@ -93,7 +93,7 @@ def test_feature_cnn_structure_and_smoothed_l21(x64):
 
 def _manual_phases(net, op, y, omega):
     """Run the phases one by one, returning the states and the per-phase diagnostics."""
-    (x, eps), params = net._setup(op, y, omega)
+    (x, eps), params = net.phase_inputs(op, y, omega)
     states, infos = [(x, eps)], []
     for t in range(net.alpha.shape[0]):
         (x, eps), info = net.phase.step((x, eps), {"alpha": net.alpha[t], "tau": net.tau[t]}, params)
@@ -145,7 +145,7 @@ def test_loa_replaying_recorded_decisions_reproduces_the_phase(alpha, tau, omega
     """The DecidingPhase contract the MLM adjoint relies on: apply(decide(...).decisions) == decide(...)."""
     _, op, ys = brain
     net = LOA(jax.random.key(7), num_phases=1, alpha=alpha, tau=tau, dtype=jnp.float64)
-    state, params = net._setup(op, ys[0], omega)
+    state, params = net.phase_inputs(op, ys[0], omega)
     theta = {"alpha": net.alpha[0], "tau": net.tau[0]}
     new_state, decisions = net.phase.decide(state, theta, params)
     replayed = net.phase.apply(state, theta, params, decisions)
@@ -158,7 +158,7 @@ def test_loa_phase_matches_finite_differences(brain, x64):
     """Directional derivative of one phase w.r.t. (x, α, τ, CNN weights) vs central differences."""
     images, op, ys = brain
     net = LOA(jax.random.key(5), num_phases=1, dtype=jnp.float64)
-    (x0, eps), params = net._setup(op, ys[0], 0.3)
+    (x0, eps), params = net.phase_inputs(op, ys[0], 0.3)
     rng = np.random.default_rng(0)
     directions = (
         jnp.asarray(rng.standard_normal(x0.shape) + 1j * rng.standard_normal(x0.shape)) * 1e-2,

@@ -221,7 +221,8 @@ class LOA(eqx.Module):
     def thetas(self) -> dict:
         return {"alpha": self.alpha, "tau": self.tau}
 
-    def _setup(self, operator, y, omega):
+    def phase_inputs(self, operator, y, omega):
+        """``(u0, params)`` of the unrolled phases: ``u0 = (x₀, ε₀)`` and the shared :class:`LOAParams`."""
         x0 = self.initial(operator, y)
         real = jnp.finfo(x0.dtype).dtype
         params = LOAParams(self.features, operator, y, jax.nn.sigmoid(jnp.asarray(omega, real)))
@@ -232,11 +233,11 @@ class LOA(eqx.Module):
 
         Batches: ``jax.vmap(lambda y: net(op, y, omega))(ys)``.
         """
-        u0, params = self._setup(operator, y, omega)
+        u0, params = self.phase_inputs(operator, y, omega)
         return unroll(self.phase, u0, self.thetas, params, adjoint=adjoint)[0]
 
     def trace(self, operator: LinearOperator, y: jax.Array, omega):
         """Run all phases and return ``(x_T, info)``; ``info`` leaves have a leading phase axis T."""
-        u0, params = self._setup(operator, y, omega)
+        u0, params = self.phase_inputs(operator, y, omega)
         (x, _), info = jax.lax.scan(lambda s, th: self.phase.step(s, th, params), u0, self.thetas)
         return x, info
