@@ -9,6 +9,7 @@ and only the static shape and dtype checks apply.
 from __future__ import annotations
 
 import numbers
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -140,3 +141,11 @@ def check_key(name: str, key) -> None:
             f"`{name}` must be a jax.random key (e.g. `jax.random.key(0)`); got "
             + (f"{_describe(key)}." if dtype is not None else f"{type(key).__name__}.")
         )
+
+
+def require_file(name: str, path) -> Path:
+    """``path`` as a Path, raising FileNotFoundError (naming the argument) if it is not a file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"`{name}`: file {str(path)!r} does not exist.")
+    return path

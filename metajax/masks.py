@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from pathlib import Path
 
 import h5py
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metajax._validation import as_binary_mask, check_key, check_ratio, check_shape2d
+from metajax._validation import as_binary_mask, check_key, check_ratio, check_shape2d, require_file
 
 _GOLDEN_ANGLE = math.pi * (math.sqrt(5.0) - 1.0) / 2.0  # 111.25°: golden-ratio radial spoke increment
 
@@ -176,9 +175,7 @@ def load_masks(path) -> dict[str, np.ndarray]:
     Each top-level dataset holds one (H, W) mask in centred k-space layout with
     values 0/1. Returns ``{name: bool array}`` in file order.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"`path`: mask file {str(path)!r} does not exist.")
+    path = require_file("path", path)
     masks = {}
     with h5py.File(path, "r") as f:
         for name, item in f.items():

@@ -14,8 +14,7 @@ import xml.etree.ElementTree as ET
 import h5py
 import numpy as np
 
-from metajax._validation import check_finite
-from metajax.data.sources import _require_file
+from metajax._validation import check_finite, require_file
 
 _ISMRMRD_NS = "{http://www.ismrm.org/ISMRMRD}"
 
@@ -66,7 +65,7 @@ def load_fastmri(path, slices=None, target_key: str | None = "auto") -> FastMRIV
             ``reconstruction_esc`` for single-coil and ``reconstruction_rss`` for
             multi-coil k-space; ``None`` reads no target (e.g. challenge test files).
     """
-    path = _require_file("path", path)
+    path = require_file("path", path)
     selection = slice(None) if slices is None else slices
     with h5py.File(path, "r") as f:
         kspace_ds = _dataset(f, "kspace", path)

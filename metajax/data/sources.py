@@ -12,18 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from metajax._validation import check_finite, check_positive_int
+from metajax._validation import check_finite, check_positive_int, require_file
 
 TEMPLATE_FILE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 # Axial planes of the 1 mm template that cross the brain (inferior cerebellum to vertex).
 _AXIAL_RANGE = (40, 141)
-
-
-def _require_file(name: str, path) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"`{name}`: file {str(path)!r} does not exist.")
-    return path
 
 
 def normalize_per_slice(images) -> np.ndarray:
@@ -52,7 +45,7 @@ def template_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError("The default data needs the `nilearn` package: `pip install nilearn`.")
     path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / TEMPLATE_FILE
-    return _require_file("template", path)
+    return require_file("template", path)
 
 
 @functools.lru_cache(maxsize=4)
@@ -97,7 +90,7 @@ def load_nifti(path, axis: int = 2, slices=None) -> np.ndarray:
     """
     import nibabel as nib
 
-    path = _require_file("path", path)
+    path = require_file("path", path)
     volume = np.asarray(nib.load(str(path)).dataobj)
     if volume.ndim != 3:
         raise ValueError(f"`path`: {path.name} holds a {volume.ndim}-D volume {volume.shape}; expected 3-D.")
