@@ -60,11 +60,7 @@ def operator_norm(operator: LinearOperator, x_like: jax.Array, iterations: int =
     """Estimate ``‖A‖`` by power iteration on ``A^H A`` starting from a fixed vector."""
     x = jax.random.normal(jax.random.key(0), x_like.shape, x_like.dtype)
 
-    def step(_, x):
-        x = operator.normal(x / jnp.linalg.norm(x))
-        return x
-
-    x = jax.lax.fori_loop(0, iterations, step, x)
+    x = jax.lax.fori_loop(0, iterations, lambda _, x: operator.normal(x / jnp.linalg.norm(x)), x)
     unit = x / jnp.linalg.norm(x)
     return jnp.sqrt(jnp.real(jnp.vdot(unit, operator.normal(unit))))
 
@@ -82,7 +78,9 @@ def _tv_pdhg(operator, y, weight, iterations):
         x, x_bar, p, q = state
         p = (p + sigma * (operator(x_bar) - y)) / (1 + sigma)
         q = q + sigma * finite_difference(x_bar)
-        q = q / jnp.maximum(1.0, jnp.sqrt(jnp.sum(jnp.abs(q) ** 2, axis=0)) / weight)
+        q_norm = jnp.sqrt(jnp.sum(jnp.abs(q) ** 2, axis=0))
+        # Π_{|q| ≤ λ}: rescale only where |q| > λ (so λ = 0 with q = 0 never forms 0/0).
+        q = q * jnp.where(q_norm > weight, weight / jnp.where(q_norm > 0, q_norm, 1.0), 1.0)
         x_new = x - tau * (operator.adjoint(p) + finite_difference_adjoint(q))
         return x_new, 2 * x_new - x, p, q
 
