@@ -42,11 +42,11 @@ def _cell(value) -> str:
     return str(value)
 
 
-def write(name: str, rows: list[dict], columns: list[str], note: str = "") -> Path:
-    """Write ``results/<name>.json`` and ``results/<name>.md`` and print the table."""
+def write(name: str, rows: list[dict], columns: list[str], note: str = "", extra: dict | None = None) -> Path:
+    """Write ``results/<name>.json`` (rows, machine and ``extra``) and ``results/<name>.md``; print the table."""
     RESULTS.mkdir(exist_ok=True)
     info = machine()
-    (RESULTS / f"{name}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
+    (RESULTS / f"{name}.json").write_text(json.dumps({"machine": info, **(extra or {}), "rows": rows}, indent=2))
     lines = [f"machine: {info['platform']}, {info['cpu_count']} CPUs, JAX {info['jax']} ({info['backend']}: "
              f"{', '.join(info['devices'])})", ""]
     if note:

@@ -1,7 +1,10 @@
 """Building blocks of the learned models: convolutions, activations, initialisation.
 
-Convolutions act on one image with channels first, (C, H, W), with zero
-'SAME' padding and odd kernels (O, I, kh, kw); batches go through ``vmap``.
+Kernels are stored (O, I, kh, kw) with odd spatial sizes and act with zero
+'SAME' padding. :func:`conv`, :func:`conv_adjoint` and :func:`complex_conv`
+take one channels-first (C, H, W) image (batches go through ``vmap``); inside
+the networks activations stay channels-last, the layout that
+:func:`~metajax.models.convolution.conv2d` runs fastest.
 """
 
 from __future__ import annotations
@@ -9,23 +12,41 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-_DIMENSIONS = ("NCHW", "OIHW", "NCHW")
+from metajax.models.convolution import conv2d
+
+
+def hwio(kernel: jax.Array) -> jax.Array:
+    """(O, I, kh, kw) kernel (the storage layout, as in PyTorch) → (kh, kw, I, O) for :func:`conv2d`."""
+    return kernel.transpose(2, 3, 1, 0)
 
 
 def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """Cross-correlation ``(W x)_o = Σ_i k_{o,i} ⋆ x_i``: (I, H, W) → (O, H, W), zero 'SAME' padding."""
-    return jax.lax.conv_general_dilated(x[None], kernel, (1, 1), "SAME", dimension_numbers=_DIMENSIONS)[0]
+    """Cross-correlation ``(W x)_o = Σ_i k_{o,i} ⋆ x_i``: (I, H, W) → (O, H, W), zero 'SAME' padding.
+
+    Computed channels-last by :func:`~metajax.models.convolution.conv2d`, whose
+    derivatives are forward convolutions (fast inside rolled loops).
+    """
+    return conv2d(x.transpose(1, 2, 0)[None], hwio(kernel).astype(x.dtype))[0].transpose(2, 0, 1)
 
 
 def conv_adjoint(y: jax.Array, kernel: jax.Array) -> jax.Array:
     """Adjoint of :func:`conv`, (O, H, W) → (I, H, W).
 
-    Written as a forward correlation with the spatially flipped, channel-swapped
-    kernel (exact for odd kernels with 'SAME' zero padding). XLA:CPU runs this
-    much faster inside rolled loops than the transposed convolution autodiff
-    would emit (DESIGN.md §5).
+    A forward correlation with the spatially flipped, channel-swapped kernel
+    (exact for odd kernels with 'SAME' zero padding).
     """
     return conv(y, jnp.flip(kernel, axis=(-2, -1)).swapaxes(0, 1))
+
+
+def complex_block_kernel(kernel_re: jax.Array, kernel_im: jax.Array) -> jax.Array:
+    """HWIO kernel of ``(k_re + i k_im) ⋆`` acting on channels ``[Re x, Im x]``: blocks ``[[k_re, −k_im], [k_im, k_re]]``.
+
+    ``kernel_re``, ``kernel_im``: (O, I, kh, kw) → (kh, kw, 2I, 2O).
+    """
+    block = jnp.concatenate(
+        [jnp.concatenate([kernel_re, -kernel_im], axis=1), jnp.concatenate([kernel_im, kernel_re], axis=1)], axis=0
+    )
+    return hwio(block)
 
 
 def complex_conv(x: jax.Array, kernel_re: jax.Array, kernel_im: jax.Array) -> jax.Array:
@@ -34,10 +55,8 @@ def complex_conv(x: jax.Array, kernel_re: jax.Array, kernel_im: jax.Array) -> ja
     Computed as one real convolution of ``[Re x; Im x]`` with the block kernel
     ``[[k_re, −k_im], [k_im, k_re]]``.
     """
-    block = jnp.concatenate(
-        [jnp.concatenate([kernel_re, -kernel_im], axis=1), jnp.concatenate([kernel_im, kernel_re], axis=1)], axis=0
-    )
-    out = conv(jnp.concatenate([x.real, x.imag]), block)
+    stacked = jnp.concatenate([x.real, x.imag]).transpose(1, 2, 0)[None]
+    out = conv2d(stacked, complex_block_kernel(kernel_re, kernel_im).astype(stacked.dtype))[0].transpose(2, 0, 1)
     half = kernel_re.shape[0]
     return jax.lax.complex(out[:half], out[half:])
 

@@ -40,7 +40,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from metajax._validation import check_positive_int
+from metajax._validation import check_positive, check_positive_int
 from metajax.adjoint import Autodiff, DecidingPhase, unroll
 from metajax.models.regularizers import FeatureCNN, smoothed_l21
 from metajax.operators.base import LinearOperator
@@ -52,10 +52,23 @@ def _sqnorm(x: jax.Array) -> jax.Array:
     return jnp.sum(x.real**2 + x.imag**2) if jnp.iscomplexobj(x) else jnp.sum(x**2)
 
 
-def _real_gradient(fn, x):
-    """Steepest-ascent direction of a real function of (possibly complex) x."""
-    g = jax.grad(fn)(x)
-    return jnp.conj(g) if jnp.iscomplexobj(x) else g
+def _value_and_real_gradient(fn, x):
+    """``(h(x), ∇h(x))`` with the steepest-ascent direction of a real function of (possibly complex) x."""
+    value, g = jax.value_and_grad(fn)(x)
+    return value, (jnp.conj(g) if jnp.iscomplexobj(x) else g)
+
+
+def positive(raw: jax.Array, floor=None) -> jax.Array:
+    """``floor + softplus(raw)``: positive for every finite ``raw`` (``floor`` defaults to the dtype's smallest normal)."""
+    floor = jnp.finfo(raw.dtype).tiny if floor is None else floor
+    return floor + jax.nn.softplus(raw)
+
+
+def positive_inverse(value, floor=None, dtype=jnp.float32) -> jax.Array:
+    """The raw parameter ``r`` with ``positive(r, floor) = value`` (``value > floor``)."""
+    value = jnp.asarray(value, dtype)
+    shifted = value - (jnp.finfo(dtype).tiny if floor is None else floor)
+    return shifted + jnp.log(-jnp.expm1(-shifted))  # log(expm1(s)), stable for small and large s
 
 
 class LOAParams(eqx.Module):
@@ -70,10 +83,23 @@ class LOAParams(eqx.Module):
 class LOAPhase(DecidingPhase):
     """One phase of Algorithm 1 as a pure function ``(state, theta, params) -> state``.
 
-    ``state = (x, ε)``; ``theta = {"alpha": α_t, "tau": τ_t}``. All fields are
-    static constants of the algorithm. As a :class:`~metajax.adjoint.DecidingPhase`
-    it records its choices (branch, backtracking count, ε shrink), so the MLM
-    adjoint replays them instead of re-running the tests in its backward pass.
+    ``state = (x, ε)``; ``theta = {"alpha": α_t, "tau": τ_t}`` (positive). All
+    fields are static constants of the algorithm:
+
+    - ``a, rho, max_backtracks, gamma, sigma``: Algorithm 1's constants (safeguard
+      a, backtracking factor ρ and bound, ε-shrink factor γ and test constant σ).
+    - ``eps_min``: floor of ε, which shrinks as ``ε ← max(γε, eps_min)``.
+    - ``curvature_steps``: scale the regulariser step and the fallback step to
+      the curvature bound ``L_R = κ Lip(g)² / ε`` of ``R_ε``: the steps taken
+      are ``τ = τ_t / (1 + τ_t L_R)`` and ``α_v = α_t / (1 + α_t L_R)`` (the
+      harmonic combination of the learned step and ``1/L_R``), so they never
+      exceed ``1/L_R`` and the unrolled map stays well conditioned for every ε,
+      κ and weight scale (see :class:`LOA`). ``False`` takes τ_t and α_t as they
+      are (the paper).
+
+    As a :class:`~metajax.adjoint.DecidingPhase` it records its choices (branch,
+    backtracking count, ε shrink), so the MLM adjoint replays them instead of
+    re-running the tests in its backward pass.
     """
 
     a: float = eqx.field(static=True, default=1e3)
@@ -81,40 +107,52 @@ class LOAPhase(DecidingPhase):
     max_backtracks: int = eqx.field(static=True, default=8)
     gamma: float = eqx.field(static=True, default=0.9)
     sigma: float = eqx.field(static=True, default=1e3)
+    eps_min: float = eqx.field(static=True, default=1e-3)
+    curvature_steps: bool = eqx.field(static=True, default=True)
+    curvature_slope: float = eqx.field(static=True, default=1.0)
 
     def __check_init__(self):
-        if not (self.a > 0 and 0 < self.rho < 1 and 0 < self.gamma < 1 and self.sigma > 0):
+        if not (self.a > 0 and 0 < self.rho < 1 and 0 < self.gamma < 1 and self.sigma > 0 and self.eps_min > 0):
             raise ValueError(
-                f"LOA constants need a > 0, 0 < rho < 1, 0 < gamma < 1, sigma > 0; got a={self.a}, "
-                f"rho={self.rho}, gamma={self.gamma}, sigma={self.sigma}."
+                f"LOA constants need a > 0, 0 < rho < 1, 0 < gamma < 1, sigma > 0, eps_min > 0; got a={self.a}, "
+                f"rho={self.rho}, gamma={self.gamma}, sigma={self.sigma}, eps_min={self.eps_min}."
             )
         check_positive_int("max_backtracks", self.max_backtracks)
 
-    def energies(self, params: LOAParams, eps):
-        """``(φ_ε, ∇f, ∇φ_ε, ∇R_ε)`` as functions of the image, for this task and ε."""
-        regularizer = lambda x: params.kappa * smoothed_l21(params.features(x), eps)  # noqa: E731
-        energy = lambda x: 0.5 * _sqnorm(params.operator(x) - params.y) + regularizer(x)  # noqa: E731
-        grad_f = lambda x: params.operator.adjoint(params.operator(x) - params.y)  # noqa: E731
-        grad_r = lambda x: _real_gradient(regularizer, x)  # noqa: E731
-        return energy, grad_f, lambda x: grad_f(x) + grad_r(x), grad_r
+    def regularizer(self, params: LOAParams, eps):
+        """``R_ε(x) = κ r_ε(x)`` as a function of the image."""
+        return lambda x: params.kappa * smoothed_l21(params.features.real_features(x), eps, axis=-1)
+
+    def steps(self, theta, params: LOAParams, eps):
+        """The steps taken: ``(α_t, τ, α_v)`` (data step, regulariser step, first fallback step)."""
+        if not self.curvature_steps:
+            return theta["alpha"], theta["tau"], theta["alpha"]
+        curvature = params.kappa * params.features.linear_gain(self.curvature_slope).astype(eps.dtype) ** 2 / eps
+        return (theta["alpha"], theta["tau"] / (1 + theta["tau"] * curvature),
+                theta["alpha"] / (1 + theta["alpha"] * curvature))
 
     def _candidates(self, state, theta, params):
-        """The differentiable part: ``u = z − τ∇R_ε(z)`` with ``z = x − α∇f(x)``, and ``∇φ_ε(x)``."""
+        """The differentiable part: ``u = z − τ∇R_ε(z)`` with ``z = x − α∇f(x)``, the fallback direction
+        ``∇φ_ε(x)``, the fallback step α_v and ``φ_ε(x)`` (one CNN pass at x serves both)."""
         x, eps = state
-        _, grad_f, _, grad_r = self.energies(params, eps)
-        grad_fx = grad_f(x)
-        z = x - theta["alpha"] * grad_fx
-        return z - theta["tau"] * grad_r(z), grad_fx + grad_r(x)
+        alpha, tau, alpha_v = self.steps(theta, params, eps)
+        regularizer = self.regularizer(params, eps)
+        residual = params.operator(x) - params.y
+        grad_fx = params.operator.adjoint(residual)
+        z = x - alpha * grad_fx
+        u = z - tau * _value_and_real_gradient(regularizer, z)[1]
+        r_x, grad_rx = _value_and_real_gradient(regularizer, x)
+        return u, grad_fx + grad_rx, alpha_v, 0.5 * _sqnorm(residual) + r_x
 
-    def _select(self, state, theta, u, grad_x, decisions):
+    def _select(self, state, u, grad_x, alpha_v, decisions):
         x, eps = state
-        v = x - theta["alpha"] * self.rho ** decisions["exponent"] * grad_x
+        v = x - alpha_v * self.rho ** decisions["exponent"] * grad_x
         x_new = jnp.where(decisions["accept"], u, jnp.where(decisions["found"], v, x))
-        return x_new, jnp.where(decisions["shrink"], self.gamma * eps, eps)
+        return x_new, jnp.where(decisions["shrink"], jnp.maximum(self.gamma * eps, self.eps_min), eps)
 
     def apply(self, state, theta, params, decisions):
-        u, grad_x = self._candidates(state, theta, params)
-        return self._select(state, theta, u, grad_x, decisions)
+        u, grad_x, alpha_v, _ = self._candidates(state, theta, params)
+        return self._select(state, u, grad_x, alpha_v, decisions)
 
     def decide(self, state, theta, params):
         new_state, info = self.step(state, theta, params)
@@ -125,38 +163,46 @@ class LOAPhase(DecidingPhase):
 
         The tests (safeguard, sufficient decrease, ε rule) only *decide*; they run
         on ``stop_gradient`` values (the backtracking search in a
-        ``lax.while_loop`` that stops at the first passing α), so reverse mode
-        never differentiates them. The step taken stays differentiable.
+        ``lax.while_loop`` that runs only while no step has passed), so reverse
+        mode never differentiates them. The step taken stays differentiable.
+        Every energy is evaluated once: φ_ε(x) comes with ∇φ_ε(x), and the energy
+        of the accepted point is the one its test computed.
         """
         x, eps = state
-        energy, _, grad_phi, _ = self.energies(params, jax.lax.stop_gradient(eps))
-        u, grad_x = self._candidates(state, theta, params)
-        x_c, u_c, g_c, alpha_c, eps_c = jax.lax.stop_gradient((x, u, grad_x, theta["alpha"], eps))
+        u, grad_x, alpha_v, phi_x = self._candidates(state, theta, params)
+        x_c, u_c, g_c, alpha_c, phi_x, eps_c = jax.lax.stop_gradient((x, u, grad_x, alpha_v, phi_x, eps))
+        regularizer = self.regularizer(params, eps_c)
+        energy = lambda v: 0.5 * _sqnorm(params.operator(v) - params.y) + regularizer(v)  # noqa: E731
         norm = lambda v: jnp.sqrt(_sqnorm(v))  # noqa: E731
-        phi_x = energy(x_c)
-        accept = (norm(g_c) <= self.a * norm(u_c - x_c)) & (energy(u_c) - phi_x <= -_sqnorm(u_c - x_c) / self.a)
+        phi_u = energy(u_c)
+        accept = (norm(g_c) <= self.a * norm(u_c - x_c)) & (phi_u - phi_x <= -_sqnorm(u_c - x_c) / self.a)
 
-        def sufficient_decrease(j):
+        def backtrack(carry):
+            j = carry[0] + 1
             step = alpha_c * self.rho**j * g_c
-            return energy(x_c - step) - phi_x <= -_sqnorm(step) / self.a
+            phi_v = energy(x_c - step)
+            return j, phi_v - phi_x <= -_sqnorm(step) / self.a, phi_v
 
-        j, found = jax.lax.while_loop(
-            lambda c: ~c[1] & (c[0] < self.max_backtracks - 1),
-            lambda c: (c[0] + 1, sufficient_decrease(c[0] + 1)),
-            (jnp.array(0), accept | sufficient_decrease(0)))
-        decisions = {"accept": accept, "found": found & ~accept, "exponent": j, "shrink": jnp.array(False)}
-        x_new_c, _ = self._select((x_c, eps_c), {"alpha": alpha_c}, u_c, g_c, decisions)
-        decisions["shrink"] = norm(grad_phi(x_new_c)) < self.sigma * self.gamma * eps_c
+        j, found, phi_v = jax.lax.while_loop(lambda c: ~c[1] & (c[0] < self.max_backtracks - 1), backtrack,
+                                             (jnp.array(-1), accept, phi_u))
+        decisions = {"accept": accept, "found": found & ~accept, "exponent": jnp.maximum(j, 0),
+                     "shrink": jnp.array(False)}
+        x_new_c, _ = self._select((x_c, eps_c), u_c, g_c, alpha_c, decisions)
+        grad_new = params.operator.adjoint(params.operator(x_new_c) - params.y) + \
+            _value_and_real_gradient(regularizer, x_new_c)[1]
+        decisions["shrink"] = norm(grad_new) < self.sigma * self.gamma * eps_c
+        alpha, tau, _ = self.steps(theta, params, eps_c)
         info = {
             **decisions,
             "branch": jnp.where(accept, BRANCH_ACCEPT_U, jnp.where(decisions["found"], BRANCH_BACKTRACK,
                                                                    BRANCH_EXHAUSTED)),
             "energy_before": phi_x,
-            "energy_after": energy(x_new_c),
+            "energy_after": jnp.where(accept, phi_u, jnp.where(decisions["found"], phi_v, phi_x)),
             "eps": eps_c,
             "backtracks": jnp.where(accept, 0, jnp.where(decisions["found"], j + 1, self.max_backtracks)),
+            "alpha": alpha, "tau": tau, "alpha_fallback": alpha_c,
         }
-        return self._select(state, theta, u, grad_x, decisions), info
+        return self._select(state, u, grad_x, alpha_v, decisions), info
 
 
 class ZeroFilled(eqx.Module):
@@ -192,30 +238,68 @@ class LOA(eqx.Module):
     Args:
         key: PRNG key for the CNN initialisation.
         num_phases: T (paper: 11).
-        alpha, tau: initial step sizes, the same for every phase.
-        eps0: initial smoothing ε₀ (learned; paper: 0.001).
+        alpha, tau: initial steps α_t, τ_t, the same for every phase (positive).
+        eps0: initial smoothing ε₀ (learned), larger than ``phase.eps_min``.
         phase: the algorithm constants (``LOAPhase(a=..., rho=..., ...)``).
         initial: ``x₀ = initial(operator, y)``; :class:`ZeroFilled` by default,
             any (learnable) ``eqx.Module`` with that signature works.
         cnn: keyword arguments of :class:`FeatureCNN` (layers, features, delta).
+
+    Parametrisation. The learned steps and ε₀ are stored as raw values and used
+    as ``α_t = softplus(a_t)``, ``τ_t = softplus(b_t)`` and
+    ``ε₀ = eps_min + softplus(e)`` (plus the dtype's smallest normal number for
+    the steps), so no optimizer step can make them zero, negative or NaN.
+    The defaults (``curvature_steps``, ε₀ = 0.1, ε ≥ 1e-3, α = 1, τ = 1) keep the
+    unrolled map and its float32 gradient well conditioned; :meth:`paper` builds
+    the paper's constants. See docs/models.md for the measurements behind them.
     """
 
     features: FeatureCNN
-    alpha: jax.Array
-    tau: jax.Array
-    eps0: jax.Array
+    alpha_raw: jax.Array
+    tau_raw: jax.Array
+    eps0_raw: jax.Array
     phase: LOAPhase
     initial: eqx.Module
 
-    def __init__(self, key, num_phases: int = 11, alpha: float = 0.5, tau: float = 0.1, eps0: float = 1e-3,
+    def __init__(self, key, num_phases: int = 11, alpha: float = 1.0, tau: float = 1.0, eps0: float = 0.1,
                  phase: LOAPhase = LOAPhase(), initial: eqx.Module = ZeroFilled(), dtype=jnp.float32, **cnn):
         num_phases = check_positive_int("num_phases", num_phases)
+        check_positive("alpha", alpha)
+        check_positive("tau", tau)
+        if not eps0 > phase.eps_min:
+            raise ValueError(f"`eps0` must exceed the floor phase.eps_min = {phase.eps_min}; got {eps0}.")
         self.features = FeatureCNN(key, dtype=dtype, **cnn)
-        self.alpha = jnp.full(num_phases, alpha, dtype)
-        self.tau = jnp.full(num_phases, tau, dtype)
-        self.eps0 = jnp.asarray(eps0, dtype)
+        self.alpha_raw = jnp.full(num_phases, positive_inverse(alpha, dtype=dtype))
+        self.tau_raw = jnp.full(num_phases, positive_inverse(tau, dtype=dtype))
+        self.eps0_raw = positive_inverse(eps0, phase.eps_min, dtype)
         self.phase = phase
         self.initial = initial
+
+    @classmethod
+    def paper(cls, key, num_phases: int = 11, *, alpha: float = 0.5, tau: float = 0.1, eps0: float = 1e-3,
+              dtype=jnp.float32, **kwargs) -> LOA:
+        """The constants of Bian et al.: ε₀ = 1e-3 and raw steps (no curvature scaling), ε floored only at 1e-8.
+
+        Ill conditioned in float32 at this initialisation (docs/models.md); kept
+        to reproduce and compare with the paper.
+        """
+        phase = LOAPhase(eps_min=1e-8, curvature_steps=False)
+        return cls(key, num_phases, alpha=alpha, tau=tau, eps0=eps0, phase=phase, dtype=dtype, **kwargs)
+
+    @property
+    def alpha(self) -> jax.Array:
+        """α_t, (T,)."""
+        return positive(self.alpha_raw)
+
+    @property
+    def tau(self) -> jax.Array:
+        """τ_t, (T,) (before the curvature scaling of :meth:`LOAPhase.steps`)."""
+        return positive(self.tau_raw)
+
+    @property
+    def eps0(self) -> jax.Array:
+        """ε₀, a scalar."""
+        return positive(self.eps0_raw, self.phase.eps_min)
 
     @property
     def thetas(self) -> dict:
@@ -237,7 +321,22 @@ class LOA(eqx.Module):
         return unroll(self.phase, u0, self.thetas, params, adjoint=adjoint)[0]
 
     def trace(self, operator: LinearOperator, y: jax.Array, omega):
-        """Run all phases and return ``(x_T, info)``; ``info`` leaves have a leading phase axis T."""
+        """Run all phases and return ``(x_T, info)``; ``info`` leaves have a leading phase axis T.
+
+        ``info`` holds per phase: ``branch`` (0 u accepted, 1 backtracking, 2
+        exhausted), ``backtracks``, ``eps``, ``energy_before``/``energy_after``
+        (φ_ε at the phase's ε), the steps taken ``alpha``, ``tau`` and
+        ``alpha_fallback``, and the decisions. :func:`branch_counts` tallies
+        branches over a batch.
+        """
         u0, params = self.phase_inputs(operator, y, omega)
         (x, _), info = jax.lax.scan(lambda s, th: self.phase.step(s, th, params), u0, self.thetas)
         return x, info
+
+
+def branch_counts(branch: jax.Array) -> jax.Array:
+    """Per-phase counts of each branch: ``branch`` (..., T) from :meth:`LOA.trace` → (T, 3) int counts
+    of (u accepted, backtracking, exhausted) over the leading (batch) axes."""
+    flat = jnp.reshape(branch, (-1, branch.shape[-1]))
+    return jnp.stack([jnp.sum(flat == b, axis=0) for b in (BRANCH_ACCEPT_U, BRANCH_BACKTRACK, BRANCH_EXHAUSTED)],
+                     axis=-1)

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from metajax._validation import check_positive_int
-from metajax.models.layers import complex_conv, smoothed_relu, xavier_uniform
+from metajax.models.convolution import conv2d
+from metajax.models.layers import complex_block_kernel, smoothed_relu, xavier_uniform
 
 
 class FeatureCNN(eqx.Module):
@@ -28,6 +29,12 @@ class FeatureCNN(eqx.Module):
         out_features: kernels of the last layer (default: ``features``).
         kernel_size: odd spatial size (paper: 3).
         delta: smoothing δ of the ReLU (paper: 0.001).
+
+    Kernels are stored (O, I, kh, kw), real and imaginary parts separately.
+    Internally a layer is one real convolution of the channels-last stack
+    ``[Re h, Im h]`` by the block kernel ``[[k_re, −k_im], [k_im, k_re]]``, and
+    φ_δ acts on that stack elementwise (real and imaginary parts separately),
+    so no complex array is formed until the output.
     """
 
     kernels_re: tuple[jax.Array, ...]
@@ -49,17 +56,55 @@ class FeatureCNN(eqx.Module):
         self.kernels_im = tuple(xavier_uniform(k, s, dtype, gain=0.5**0.5) for k, s in zip(keys[layers:], shapes))
         self.delta = float(delta)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        h = x[None]
+    def real_features(self, x: jax.Array) -> jax.Array:
+        """``[Re g(x), Im g(x)]`` channels-last: complex (..., H, W) → real (..., H, W, 2·out_features)."""
+        real = x.real.dtype
+        lead = x.shape[:-2]
+        h = jnp.stack([x.real, x.imag], axis=-1).reshape(-1, *x.shape[-2:], 2)
         last = len(self.kernels_re) - 1
         for i, (k_re, k_im) in enumerate(zip(self.kernels_re, self.kernels_im)):
-            h = complex_conv(h, k_re.astype(x.real.dtype), k_im.astype(x.real.dtype))
+            h = conv2d(h, complex_block_kernel(k_re, k_im).astype(real))
             if i < last:
-                h = jax.lax.complex(smoothed_relu(h.real, self.delta), smoothed_relu(h.imag, self.delta))
-        return h
+                h = smoothed_relu(h, self.delta)
+        return h.reshape(*lead, *h.shape[1:])
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """g(x): complex (H, W) → complex (out_features, H, W)."""
+        h = self.real_features(x)
+        half = h.shape[-1] // 2
+        return jnp.moveaxis(jax.lax.complex(h[..., :half], h[..., half:]), -1, -3)
+
+    def linear_gain(self, slope: float = 1.0, grid: int = 32) -> jax.Array:
+        """Operator norm of ``g`` with every activation replaced by ``slope · identity``.
+
+        That network is one convolution, whose norm (circular boundary) is the
+        largest ``‖K_l(ω) · slope · … · slope · K_1(ω)‖`` over frequencies ω, with
+        ``K_l(ω)`` the (O, I) frequency response of layer l; evaluated on a
+        ``grid × grid`` frequency grid (the response of the small effective kernel
+        is smooth, so the grid maximum is within a few percent). ``slope = 1``: the
+        Jacobian of ``g`` wherever every unit is active; ``slope = 1/2``: where the
+        image vanishes (φ_δ'(0) = 1/2). Differentiable in the kernels.
+        """
+        size = self.kernels_re[0].shape[-1]
+        offsets = jnp.arange(size) - size // 2
+        omega = 2 * jnp.pi * jnp.arange(grid) / grid
+        phase = jnp.exp(-1j * (omega[:, None, None, None] * offsets[None, None, :, None]
+                               + omega[None, :, None, None] * offsets[None, None, None, :]))  # (n, n, kh, kw)
+        response = None
+        for i, (k_re, k_im) in enumerate(zip(self.kernels_re, self.kernels_im)):
+            layer = jnp.einsum("oiab,uvab->uvoi", jax.lax.complex(k_re, k_im), phase.astype(
+                jnp.result_type(k_re.dtype, jnp.complex64)))
+            response = layer if response is None else slope * jnp.einsum("uvoi,uvij->uvoj", layer, response)
+        squared = jnp.sum(jnp.abs(response) ** 2, axis=-2)  # (n, n, 1): the image has one (complex) channel
+        return jnp.sqrt(jnp.max(squared))
 
 
-def smoothed_l21(features: jax.Array, eps: jax.Array) -> jax.Array:
-    """``Σ_j sqrt(‖f_j‖² + ε²) − ε`` over pixels j of complex (C, H, W) features."""
-    squared = jnp.sum(features.real**2 + features.imag**2, axis=0)
+def smoothed_l21(features: jax.Array, eps: jax.Array, axis: int = 0) -> jax.Array:
+    """``Σ_j sqrt(‖f_j‖² + ε²) − ε`` over pixels j of features whose channels lie along ``axis``.
+
+    ``features`` may be complex (C, H, W) (:meth:`FeatureCNN.__call__`) or the
+    real channels-last stack of :meth:`FeatureCNN.real_features` with ``axis=-1``
+    (the squared norm over real and imaginary channels is the same).
+    """
+    squared = jnp.sum(features.real**2 + features.imag**2 if jnp.iscomplexobj(features) else features**2, axis=axis)
     return jnp.sum(jnp.sqrt(squared + eps**2) - eps)
