@@ -155,7 +155,8 @@ class MLM(Adjoint):
             an integer k stores every k-th state and recomputes each segment in
             the backward pass (⌈T/k⌉ + k states, one extra forward pass);
             ``"sqrt"`` picks k = ⌈√T⌉.
-        scan_unroll: ``lax.scan`` unroll factor of the forward and backward scans.
+        scan_unroll: ``lax.scan`` unroll factor (in phases) of the forward and backward phase loops:
+            the scans within a segment and the scan over segments.
     """
 
     checkpoint_every: int | str | None = eqx.field(default=None, static=True)
@@ -171,6 +172,13 @@ class MLM(Adjoint):
         if self.checkpoint_every == "sqrt":
             return max(1, math.ceil(math.sqrt(t)))
         return min(self.checkpoint_every, t)
+
+    def segment_unroll(self, t: int) -> int | bool:
+        """Unroll factor of the loop over segments: ``scan_unroll`` counted in phases (so it acts on the
+        phase loop whatever the segment length)."""
+        if isinstance(self.scan_unroll, bool):
+            return self.scan_unroll
+        return max(1, self.scan_unroll // self.segment(t))
 
     def run(self, phase, u0, thetas, params):
         return _mlm(phase, self, u0, thetas, params)
@@ -244,7 +252,7 @@ def _forward(phase, adjoint: MLM, u0, thetas, params):
         u_next, decisions = run(u, seg_thetas)
         return u_next, (u, decisions)
 
-    u_mid, (checkpoints, full_decisions) = jax.lax.scan(segment, u0, full)
+    u_mid, (checkpoints, full_decisions) = jax.lax.scan(segment, u0, full, unroll=adjoint.segment_unroll(t))
     u_final, rest_decisions = run(u_mid, rest) if t % k else (u_mid, None)
     return u_final, (checkpoints, u_mid, _merge(full_decisions, rest_decisions, t % k))
 
@@ -317,7 +325,7 @@ def _backward(phase, adjoint: MLM, t: int, residuals, thetas, params, lam_final,
         return (lam, jax.tree.map(jnp.add, grad_params, seg_params)), (seg_grads, seg_lams)
 
     (lam0, grad_params), (full_grads, full_lams) = jax.lax.scan(
-        segment, (lam, grad_params), (checkpoints, full), reverse=True)
+        segment, (lam, grad_params), (checkpoints, full), reverse=True, unroll=adjoint.segment_unroll(t))
     grad_thetas = _merge(full_grads, rest_grads, t % k)
     # The step of phase t emits λ_{t−1}, so these stack to λ_0..λ_{T−1}.
     lams = _merge(full_lams, rest_lams, t % k) if keep_multipliers else None

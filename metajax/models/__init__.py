@@ -7,7 +7,7 @@ from metajax.models.classical import (
     tv_reconstruction,
     zero_filled,
 )
-from metajax.models.loa import LOA, LOAParams, LOAPhase, ResidualInitial, ZeroFilled
+from metajax.models.loa import LOA, LOAParams, LOAPhase, ResidualInitial, ZeroFilled, branch_counts
 from metajax.models.pdnet import PDNet, PDNetParams, pdnet_phase
 from metajax.models.regularizers import FeatureCNN, smoothed_l21
 
@@ -20,6 +20,7 @@ __all__ = [
     "LOA",
     "LOAParams",
     "LOAPhase",
+    "branch_counts",
     "ZeroFilled",
     "ResidualInitial",
     "PDNet",

@@ -40,6 +40,11 @@ from jax import lax
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
+try:
+    from jax.core import ShapedArray
+except ImportError:  # where jax.core no longer re-exports it
+    from jax._src.core import ShapedArray
+
 _CANONICAL = ("NHWC", "HWIO", "NHWC")
 
 
@@ -94,11 +99,11 @@ def _weight_impl(x, d, *, kernel_size, groups):
 
 
 def _conv_abstract(x, kernel, *, groups):
-    return jax.core.ShapedArray((*x.shape[:3], kernel.shape[3]), x.dtype)
+    return ShapedArray((*x.shape[:3], kernel.shape[3]), x.dtype)
 
 
 def _weight_abstract(x, d, *, kernel_size, groups):
-    return jax.core.ShapedArray((*kernel_size, x.shape[3] // groups, d.shape[3]), x.dtype)
+    return ShapedArray((*kernel_size, x.shape[3] // groups, d.shape[3]), x.dtype)
 
 
 def _conv_transpose_x(ct, x, kernel, *, groups):

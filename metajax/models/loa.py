@@ -249,7 +249,7 @@ class LOA(eqx.Module):
     as ``α_t = softplus(a_t)``, ``τ_t = softplus(b_t)`` and
     ``ε₀ = eps_min + softplus(e)`` (plus the dtype's smallest normal number for
     the steps), so no optimizer step can make them zero, negative or NaN.
-    The defaults (``curvature_steps``, ε₀ = 0.1, ε ≥ 1e-3, α = 1, τ = 1) keep the
+    The defaults (``curvature_steps``, ε₀ = 1, ε ≥ 1e-3, α = 1, τ = 1) keep the
     unrolled map and its float32 gradient well conditioned; :meth:`paper` builds
     the paper's constants. See docs/models.md for the measurements behind them.
     """
@@ -261,7 +261,7 @@ class LOA(eqx.Module):
     phase: LOAPhase
     initial: eqx.Module
 
-    def __init__(self, key, num_phases: int = 11, alpha: float = 1.0, tau: float = 1.0, eps0: float = 0.1,
+    def __init__(self, key, num_phases: int = 11, alpha: float = 1.0, tau: float = 1.0, eps0: float = 1.0,
                  phase: LOAPhase = LOAPhase(), initial: eqx.Module = ZeroFilled(), dtype=jnp.float32, **cnn):
         num_phases = check_positive_int("num_phases", num_phases)
         check_positive("alpha", alpha)
