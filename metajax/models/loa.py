@@ -127,7 +127,8 @@ class LOAPhase(DecidingPhase):
         """The steps taken: ``(α_t, τ, α_v)`` (data step, regulariser step, first fallback step)."""
         if not self.curvature_steps:
             return theta["alpha"], theta["tau"], theta["alpha"]
-        curvature = params.kappa * params.features.linear_gain(self.curvature_slope).astype(eps.dtype) ** 2 / eps
+        gain = params.features.linear_gain(self.curvature_slope).astype(eps.dtype)
+        curvature = params.kappa * gain**2 * (1 / eps + 1 / (2 * params.features.delta))
         return (theta["alpha"], theta["tau"] / (1 + theta["tau"] * curvature),
                 theta["alpha"] / (1 + theta["alpha"] * curvature))
 
@@ -263,6 +264,7 @@ class LOA(eqx.Module):
 
     def __init__(self, key, num_phases: int = 11, alpha: float = 1.0, tau: float = 1.0, eps0: float = 1.0,
                  phase: LOAPhase = LOAPhase(), initial: eqx.Module = ZeroFilled(), dtype=jnp.float32, **cnn):
+        cnn.setdefault("delta", 0.1 if phase.curvature_steps else 1e-3)
         num_phases = check_positive_int("num_phases", num_phases)
         check_positive("alpha", alpha)
         check_positive("tau", tau)
