@@ -149,11 +149,18 @@ def test_network_gradients_equal_autodiff_with_batch_vmap_and_jit(index, mri_pro
     net = _networks()[index]
     grad = eqx.filter_jit(eqx.filter_grad(_network_loss))
     reference = grad(net, op, ys, images, Autodiff())
-    for adjoint in (MLM(), MLM(checkpoint_every=3)):
+    for adjoint in (MLM(), MLM(checkpoint_every=3), MLM(scan_unroll=2), MLM(checkpoint_every=2, scan_unroll=4)):
         ours = grad(net, op, ys, images, adjoint)
         assert _max_relative_error(ours, reference) < 1e-12, adjoint
     if index == 0:
         assert all(float(jnp.max(jnp.abs(k))) > 0 for k in ours.initial.cnn.kernels_re)
+
+
+def test_paper_preset_gradients_equal_autodiff(mri_problem, x64):
+    images, op, ys = mri_problem
+    net = LOA.paper(jax.random.key(3), num_phases=4, dtype=jnp.float64)
+    grad = eqx.filter_jit(eqx.filter_grad(_network_loss))
+    assert _max_relative_error(grad(net, op, ys, images, MLM()), grad(net, op, ys, images, Autodiff())) < 1e-12
 
 
 def test_loa_gradients_under_vmap_over_tasks(mri_problem, x64):

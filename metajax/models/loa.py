@@ -90,7 +90,10 @@ class LOAPhase(DecidingPhase):
       a, backtracking factor ρ and bound, ε-shrink factor γ and test constant σ).
     - ``eps_min``: floor of ε, which shrinks as ``ε ← max(γε, eps_min)``.
     - ``curvature_steps``: scale the regulariser step and the fallback step to
-      the curvature bound ``L_R = κ Lip(g)² / ε`` of ``R_ε``: the steps taken
+      the curvature estimate ``L_R = κ G² (1/ε + 1/(2δ))`` of ``R_ε`` (G: the
+      gain of the CNN linearised with every unit active,
+      :meth:`FeatureCNN.linear_gain`; 1/ε the curvature of the smoothed norm at
+      vanishing features, 1/(2δ) that of the smoothed ReLU): the steps taken
       are ``τ = τ_t / (1 + τ_t L_R)`` and ``α_v = α_t / (1 + α_t L_R)`` (the
       harmonic combination of the learned step and ``1/L_R``), so they never
       exceed ``1/L_R`` and the unrolled map stays well conditioned for every ε,
@@ -250,7 +253,8 @@ class LOA(eqx.Module):
     as ``α_t = softplus(a_t)``, ``τ_t = softplus(b_t)`` and
     ``ε₀ = eps_min + softplus(e)`` (plus the dtype's smallest normal number for
     the steps), so no optimizer step can make them zero, negative or NaN.
-    The defaults (``curvature_steps``, ε₀ = 1, ε ≥ 1e-3, α = 1, τ = 1) keep the
+    The defaults (``curvature_steps``, ε₀ = 1, ε ≥ 1e-3, α = 1, τ = 1, CNN smoothing
+    δ = 0.1) keep the
     unrolled map and its float32 gradient well conditioned; :meth:`paper` builds
     the paper's constants. See docs/models.md for the measurements behind them.
     """
