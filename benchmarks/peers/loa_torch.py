@@ -132,7 +132,7 @@ class TorchLOA:
         alpha_t = self.positive(self.alpha_raw)[t]
         tau_t = self.positive(self.tau_raw)[t]
         if ph.curvature_steps:
-            curvature = kappa * gain2 / eps
+            curvature = kappa * gain2 * (1 / eps + 1 / (2 * self.delta))
             tau, alpha_v = tau_t / (1 + tau_t * curvature), alpha_t / (1 + alpha_t * curvature)
         else:
             tau, alpha_v = tau_t.expand_as(eps), alpha_t.expand_as(eps)
