@@ -116,7 +116,6 @@ def train(preset, images, args, train_masks=None, **init):
 
 def evaluate(net, omegas, images, eval_masks, tv_weights):
     val = jnp.asarray(images[70:85], jnp.complex64)
-    tune = jnp.asarray(images[60:70], jnp.complex64)
     rows = []
     for r, mask, omega, weight in zip(RATIOS, eval_masks, omegas, tv_weights):
         op = SingleCoilMRI(mask)
