@@ -137,16 +137,16 @@ class LOAPhase(DecidingPhase):
 
     def _candidates(self, state, theta, params):
         """The differentiable part: ``u = z − τ∇R_ε(z)`` with ``z = x − α∇f(x)``, the fallback direction
-        ``∇φ_ε(x)``, the fallback step α_v and ``φ_ε(x)`` (one CNN pass at x serves both)."""
+        ``∇φ_ε(x)``, the steps ``(α, τ, α_v)`` and ``φ_ε(x)`` (one CNN pass at x serves both)."""
         x, eps = state
-        alpha, tau, alpha_v = self.steps(theta, params, eps)
+        alpha, tau, alpha_v = steps = self.steps(theta, params, eps)
         regularizer = self.regularizer(params, eps)
         residual = params.operator(x) - params.y
         grad_fx = params.operator.adjoint(residual)
         z = x - alpha * grad_fx
         u = z - tau * _value_and_real_gradient(regularizer, z)[1]
         r_x, grad_rx = _value_and_real_gradient(regularizer, x)
-        return u, grad_fx + grad_rx, alpha_v, 0.5 * _sqnorm(residual) + r_x
+        return u, grad_fx + grad_rx, steps, 0.5 * _sqnorm(residual) + r_x
 
     def _select(self, state, u, grad_x, alpha_v, decisions):
         x, eps = state
@@ -155,7 +155,7 @@ class LOAPhase(DecidingPhase):
         return x_new, jnp.where(decisions["shrink"], jnp.maximum(self.gamma * eps, self.eps_min), eps)
 
     def apply(self, state, theta, params, decisions):
-        u, grad_x, alpha_v, _ = self._candidates(state, theta, params)
+        u, grad_x, (_, _, alpha_v), _ = self._candidates(state, theta, params)
         return self._select(state, u, grad_x, alpha_v, decisions)
 
     def decide(self, state, theta, params):
@@ -173,8 +173,9 @@ class LOAPhase(DecidingPhase):
         of the accepted point is the one its test computed.
         """
         x, eps = state
-        u, grad_x, alpha_v, phi_x = self._candidates(state, theta, params)
-        x_c, u_c, g_c, alpha_c, phi_x, eps_c = jax.lax.stop_gradient((x, u, grad_x, alpha_v, phi_x, eps))
+        u, grad_x, steps, phi_x = self._candidates(state, theta, params)
+        alpha_v = steps[2]
+        x_c, u_c, g_c, (alpha, tau, alpha_c), phi_x, eps_c = jax.lax.stop_gradient((x, u, grad_x, steps, phi_x, eps))
         regularizer = self.regularizer(params, eps_c)
         energy = lambda v: 0.5 * _sqnorm(params.operator(v) - params.y) + regularizer(v)  # noqa: E731
         norm = lambda v: jnp.sqrt(_sqnorm(v))  # noqa: E731
@@ -195,7 +196,6 @@ class LOAPhase(DecidingPhase):
         grad_new = params.operator.adjoint(params.operator(x_new_c) - params.y) + \
             _value_and_real_gradient(regularizer, x_new_c)[1]
         decisions["shrink"] = norm(grad_new) < self.sigma * self.gamma * eps_c
-        alpha, tau, _ = self.steps(theta, params, eps_c)
         info = {
             **decisions,
             "branch": jnp.where(accept, BRANCH_ACCEPT_U, jnp.where(decisions["found"], BRANCH_BACKTRACK,
