@@ -13,9 +13,10 @@ the transposed convolutions that JAX's autodiff emits for the input gradient
 (``rev`` of the kernel with swapped feature dimensions) and for the weight
 gradient (batch and feature dimensions exchanged), and channels-first
 convolutions, fall back to a path 4–5× slower (docs/adjoint.md, DESIGN.md §5).
-Here the convolution is a primitive with its own transpose rules, and each rule is again a canonical convolution of this primitive, with
-the kernel flipped and channel-swapped or the operands transposed explicitly
-(cheap copies):
+Here the convolution is a primitive with its own transpose rules, and each
+rule is again a canonical convolution of this primitive, with the kernel
+flipped and channel-swapped or the operands transposed explicitly (cheap
+copies):
 
     ∂x:  conv2d(ȳ, flip_swap(k))                       (adjoint in x)
     ∂k:  conv2d_weight(x, ȳ)                          (adjoint in k)
