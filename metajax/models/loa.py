@@ -311,22 +311,27 @@ class LOA(eqx.Module):
     def thetas(self) -> dict:
         return {"alpha": self.alpha, "tau": self.tau}
 
-    def phase_inputs(self, operator, y, omega):
-        """``(u0, params)`` of the unrolled phases: ``u0 = (x₀, ε₀)`` and the shared :class:`LOAParams`."""
+    def phase_inputs(self, operator, y, omega=None):
+        """``(u0, params)`` of the unrolled phases: ``u0 = (x₀, ε₀)`` and the shared :class:`LOAParams`.
+
+        ``omega=None`` fixes κ = 1 (conventional training of the same network, no task weight).
+        """
         x0 = self.initial(operator, y)
         real = jnp.finfo(x0.dtype).dtype
-        params = LOAParams(self.features, operator, y, jax.nn.sigmoid(jnp.asarray(omega, real)))
+        kappa = jnp.ones((), real) if omega is None else jax.nn.sigmoid(jnp.asarray(omega, real))
+        params = LOAParams(self.features, operator, y, kappa)
         return (x0, self.eps0.astype(real)), params
 
-    def __call__(self, operator: LinearOperator, y: jax.Array, omega, *, adjoint=Autodiff()) -> jax.Array:
-        """Reconstruct one image from measurements ``y`` of task weight ``omega`` (κ = sigmoid(ω)).
+    def __call__(self, operator: LinearOperator, y: jax.Array, omega=None, *, adjoint=Autodiff()) -> jax.Array:
+        """Reconstruct one image from measurements ``y`` of task weight ``omega`` (κ = sigmoid(ω);
+        ``None``: κ = 1, the network without task weights that conventional training uses).
 
         Batches: ``jax.vmap(lambda y: net(op, y, omega))(ys)``.
         """
         u0, params = self.phase_inputs(operator, y, omega)
         return unroll(self.phase, u0, self.thetas, params, adjoint=adjoint)[0]
 
-    def trace(self, operator: LinearOperator, y: jax.Array, omega):
+    def trace(self, operator: LinearOperator, y: jax.Array, omega=None):
         """Run all phases and return ``(x_T, info)``; ``info`` leaves have a leading phase axis T.
 
         ``info`` holds per phase: ``branch`` (0 u accepted, 1 backtracking, 2

@@ -1,0 +1,112 @@
+"""Per-task losses of a meta model on a minibatch, and deterministic minibatches of stacked tasks.
+
+For a meta model ``f = model(operator, y, task)`` (:mod:`metajax.bilevel.parameters`)
+and a minibatch of B images of one task with operator A:
+
+    supervised:        ℓ = (1/B) Σ_b ‖f(y_b) − x_b‖² / n        (n: pixels of an image)
+    measurement-only:  ℓ = (1/B) Σ_b ‖A f(y_b) − y_b‖² / m      (m: entries of a measurement)
+
+the second needing no ground truth (Meta-Prior's unsupervised inner loss).
+Complex errors count ``|·|² = Re² + Im²``. On a :class:`TaskBatch` of N stacked
+tasks both return the (N,) vector of per-task losses, computed with ``vmap``
+over tasks (never a Python loop), so solvers can weight, sum or vmap them.
+Tasks whose operators differ in type (denoising, blur, inpainting) cannot be
+stacked; give each type its own :class:`TaskBatch` and pass the tuple:
+:func:`group_losses` evaluates each group with ``vmap`` and concatenates.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from metajax._validation import check_key
+from metajax.data.tasks import Task
+from metajax.operators.base import LinearOperator
+
+
+class TaskBatch(eqx.Module):
+    """A minibatch of one task — ``x`` (B, H, W), ``y`` (B, …), ``task`` a scalar — or of N stacked
+    tasks (every leaf, the operator's included, with a leading task axis N).
+
+    Attributes:
+        operator: the task's forward operator A.
+        x: ground-truth images.
+        y: measurements ``A x + noise``.
+        task: the task's index (selects its ω in a :class:`~metajax.bilevel.TaskWeighted` model).
+    """
+
+    operator: LinearOperator
+    x: jax.Array
+    y: jax.Array
+    task: jax.Array
+
+    @property
+    def num_tasks(self) -> int | None:
+        """N for stacked tasks, None for one task."""
+        return self.x.shape[0] if self.x.ndim == 4 else None
+
+
+def sample_batch(tasks: Task, key, split: str, batch_size: int, task_ids=None) -> TaskBatch:
+    """``batch_size`` images of ``split`` from each of the N stacked ``tasks``, deterministic given ``key``.
+
+    Args:
+        tasks: a stacked :class:`~metajax.data.Task` (:func:`~metajax.data.stack_tasks`), leading axis N.
+        key: PRNG key; task i uses ``jax.random.split(key, N)[i]``.
+        split: "train", "val" or "test".
+        batch_size: images per task (distinct images within a task).
+        task_ids: (N,) task indices (default ``0..N−1``).
+    """
+    check_key("key", key)
+    n = tasks.train.shape[0] if tasks.train.ndim == 4 else None
+    if n is None:
+        raise ValueError("`tasks` must be stacked tasks (leading task axis); use `metajax.data.stack_tasks`.")
+    task_ids = jnp.arange(n) if task_ids is None else jnp.asarray(task_ids)
+    if task_ids.shape != (n,):
+        raise ValueError(f"`task_ids` must have shape ({n},) (one index per task); got {task_ids.shape}.")
+    x, y = jax.vmap(lambda t, k: t.batch(k, split, batch_size))(tasks, jax.random.split(key, n))
+    return TaskBatch(tasks.operator, x, y, task_ids)
+
+
+def _squared_error(a, b):
+    d = a - b
+    return jnp.mean(d.real**2 + d.imag**2) if jnp.iscomplexobj(d) else jnp.mean(d**2)
+
+
+def _per_task(loss_one_task, model, batch: TaskBatch):
+    if batch.x.ndim == 3:
+        return loss_one_task(model, batch)
+    if batch.x.ndim != 4:
+        raise ValueError(f"`batch.x` must be (B, H, W) or (N, B, H, W); got shape {batch.x.shape}.")
+    return jax.vmap(loss_one_task, in_axes=(None, 0))(model, batch)
+
+
+def _supervised_one(model, batch):
+    x_hat = jax.vmap(lambda y: model(batch.operator, y, batch.task))(batch.y)
+    return jnp.mean(jax.vmap(_squared_error)(x_hat, batch.x))
+
+
+def _measurement_one(model, batch):
+    y_hat = jax.vmap(lambda y: batch.operator(model(batch.operator, y, batch.task)))(batch.y)
+    return jnp.mean(jax.vmap(_squared_error)(y_hat, batch.y))
+
+
+def supervised_loss(model, batch: TaskBatch) -> jax.Array:
+    """``(1/B) Σ_b ‖f(y_b) − x_b‖²/n`` per task: a scalar for one task, (N,) for stacked tasks."""
+    return _per_task(_supervised_one, model, batch)
+
+
+def measurement_loss(model, batch: TaskBatch) -> jax.Array:
+    """``(1/B) Σ_b ‖A f(y_b) − y_b‖²/m`` per task (no ground truth used): scalar or (N,)."""
+    return _per_task(_measurement_one, model, batch)
+
+
+def group_losses(loss, model, batches) -> jax.Array:
+    """Per-task losses of groups of stacked tasks (one :class:`TaskBatch` per operator type), concatenated.
+
+    ``loss`` is :func:`supervised_loss` or :func:`measurement_loss`; ``batches`` a
+    TaskBatch or a tuple of them. Returns the (N₁ + N₂ + …,) vector in group order.
+    """
+    batches = (batches,) if isinstance(batches, TaskBatch) else tuple(batches)
+    return jnp.concatenate([jnp.atleast_1d(loss(model, b)) for b in batches])

@@ -1,0 +1,105 @@
+"""Task-invariant parameters θ and task-specific weights ω: the models solvers train, and how to split them.
+
+A *meta model* is called ``model(operator, y, task) -> x̂`` for one image of
+task number ``task`` (an integer, traced or not). Two wrappers make one from a
+network:
+
+- :class:`TaskWeighted` — ``net(operator, y, ω[task])``: one learned weight per
+  task (Bian et al.: κ_i = sigmoid(ω_i) scales the LOA regulariser).
+- :class:`Shared` — ``net(operator, y)`` for every task: no task weight. For the
+  LOA this is κ = 1, so conventional (non-meta) training and the baselines train
+  the identical network; PDNet (no task weight) is always used this way.
+
+:func:`split_task_weights` is the filter-based split a solver needs: the float
+leaves of the model become ``(θ, ω)`` — ω the :class:`TaskWeighted` weights,
+θ every other float leaf (CNN weights, per-phase steps, ε₀) — and everything
+else (structure, static fields, integer arrays) goes to ``static``, so
+``jax.grad`` can differentiate θ and ω separately. :func:`join_task_weights`
+inverts it.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from metajax._validation import check_positive_int
+from metajax.adjoint import Adjoint
+
+
+def _call(net, operator, y, weight, adjoint):
+    kwargs = {} if adjoint is None else {"adjoint": adjoint}
+    return net(operator, y, **kwargs) if weight is None else net(operator, y, weight, **kwargs)
+
+
+class TaskWeighted(eqx.Module):
+    """``x̂ = net(operator, y, ω[task])`` with one learned weight ω_i per task.
+
+    Args:
+        net: a network called ``net(operator, y, omega[, adjoint=...])`` (e.g. :class:`~metajax.models.LOA`).
+        num_tasks: N, the number of tasks (the length of ω).
+        omega: initial ω, a scalar for all tasks or an (N,) array (default 0: κ = 1/2).
+        adjoint: passed to ``net`` as ``adjoint=`` when given.
+    """
+
+    net: eqx.Module
+    omega: jax.Array
+    adjoint: Adjoint | None = None
+
+    def __init__(self, net, num_tasks: int, omega=0.0, adjoint: Adjoint | None = None, dtype=jnp.float32):
+        num_tasks = check_positive_int("num_tasks", num_tasks)
+        omega = jnp.asarray(omega, dtype)
+        if omega.ndim not in (0, 1) or (omega.ndim == 1 and omega.shape != (num_tasks,)):
+            raise ValueError(f"`omega` must be a scalar or have shape ({num_tasks},); got {omega.shape}.")
+        self.net = net
+        self.omega = jnp.broadcast_to(omega, (num_tasks,))
+        self.adjoint = adjoint
+
+    def __call__(self, operator, y, task):
+        return _call(self.net, operator, y, self.omega[task], self.adjoint)
+
+
+class Shared(eqx.Module):
+    """``x̂ = net(operator, y)`` for every task (no task weight; the LOA then has κ = 1).
+
+    Args:
+        net: the network.
+        adjoint: passed to ``net`` as ``adjoint=`` when given.
+    """
+
+    net: eqx.Module
+    adjoint: Adjoint | None = None
+
+    def __call__(self, operator, y, task=None):
+        return _call(self.net, operator, y, None, self.adjoint)
+
+
+def task_weight_filter(model):
+    """A PyTree of bools like ``model``: True exactly at the ω leaves of every :class:`TaskWeighted` in it."""
+
+    def mark(node):
+        if isinstance(node, TaskWeighted):
+            return eqx.tree_at(lambda m: m.omega, jax.tree.map(lambda _: False, node), True)
+        return jax.tree.map(lambda _: False, node)
+
+    return jax.tree.map(mark, model, is_leaf=lambda n: isinstance(n, TaskWeighted))
+
+
+def split_task_weights(model):
+    """``((θ, ω), static)``: the model's float leaves split into shared θ and task weights ω.
+
+    θ, ω and ``static`` have the model's structure with ``None`` holes
+    (``eqx.partition``); ``ω`` has no leaves when the model has no
+    :class:`TaskWeighted`. ``join_task_weights((θ, ω), static)`` is the model.
+    """
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    is_omega = task_weight_filter(params)
+    omega, theta = eqx.partition(params, is_omega)
+    return (theta, omega), static
+
+
+def join_task_weights(params, static):
+    """Inverse of :func:`split_task_weights`."""
+    theta, omega = params
+    return eqx.combine(theta, omega, static)
