@@ -36,6 +36,22 @@ def time_call(fn, *args, repeats: int = 10) -> float:
     return statistics.median(samples)
 
 
+def peak_rss_growth(fn) -> float:
+    """MiB by which the process's peak resident set grows while ``fn`` runs (Linux: VmHWM reset via clear_refs)."""
+    def status(field):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return float("nan")
+    before = status("VmRSS")
+    fn()
+    return status("VmHWM") - before
+
+
 def _cell(value) -> str:
     if isinstance(value, float):
         return "—" if value != value else f"{value:.4g}"

@@ -16,3 +16,13 @@ def test_pytorch_peer_agrees_with_metajax():
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "branch_mismatches': 0" in result.stdout
+
+
+def test_torchopt_peer_meta_gradients_agree_with_metajax():
+    """benchmarks/peers/bilevel_torchopt.py --smoke: MAML and iMAML meta-gradients agree in float64."""
+    pytest.importorskip("torch", reason="PyTorch is the optional `bench` extra (pip install -e '.[bench]')")
+    pytest.importorskip("torchopt", reason="TorchOpt is the optional `bench` extra (pip install -e '.[bench]')")
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peers" / "bilevel_torchopt.py"), "--smoke"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "metajax vs TorchOpt" in result.stdout

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import write  # noqa: E402
+from common import peak_rss_growth, write  # noqa: E402
 
 from metajax import data, masks  # noqa: E402
 from metajax.adjoint import MLM, Autodiff  # noqa: E402
@@ -278,22 +278,6 @@ def checks(net, size, batch) -> dict:
         out["loss_float64_relative"] = abs(float(loss_t) - float(loss64)) / abs(float(loss64))
         out["gradient_float64_relative"] = max(relative(g_t.numpy(), g) for g_t, g in zip(grads_t, jax_grads))
     return out
-
-
-def peak_rss_growth(fn) -> float:
-    """MiB by which the process's peak resident set grows while ``fn`` runs (Linux: VmHWM reset via clear_refs)."""
-    def status(field):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return float("nan")
-    before = status("VmRSS")
-    fn()
-    return status("VmHWM") - before
 
 
 def timing(net, size, batch, rounds, variants) -> list[dict]:
