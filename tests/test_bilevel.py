@@ -578,4 +578,4 @@ def test_solver_states_round_trip_through_serialisation(tmp_path, x64):
     restored = eqx.tree_deserialise_leaves(path, like)
     for a, b in zip(jax.tree.leaves((params, state)), jax.tree.leaves(restored)):
         np.testing.assert_array_equal(a, b)
-    assert int(restored[1].round_step) == 1 and int(restored[1].step) == 3
+    assert int(restored[1].rounds) == 1 and int(restored[1].step) == 3  # θ, θ, ω: one round
