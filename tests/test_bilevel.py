@@ -21,6 +21,7 @@ from metajax.bilevel import (
     adapt,
     conjugate_gradient,
     init,
+    group_losses,
     join_task_weights,
     measurement_loss,
     meta_gradient,
@@ -579,3 +580,20 @@ def test_solver_states_round_trip_through_serialisation(tmp_path, x64):
     for a, b in zip(jax.tree.leaves((params, state)), jax.tree.leaves(restored)):
         np.testing.assert_array_equal(a, b)
     assert int(restored[1].rounds) == 1 and int(restored[1].step) == 3  # θ, θ, ω: one round
+
+
+def test_losses_per_task_against_numpy_and_batches_deterministic_per_key(x64):
+    tasks = _inpainting_tasks()
+    batch = sample_batch(tasks, jax.random.key(0), "train", 3)
+    again = sample_batch(tasks, jax.random.key(0), "train", 3)
+    other = sample_batch(tasks, jax.random.key(1), "train", 3)
+    np.testing.assert_array_equal(batch.y, again.y)
+    assert not np.array_equal(batch.y, other.y)
+    model = TaskWeighted(SmoothNet(jnp.zeros((16, 16)), jnp.zeros((16, 16))), 3, dtype=jnp.float64)  # x̂ = A^H y
+    mask = np.asarray(tasks.operator.mask)[:, None]  # (N, 1, H, W)
+    x, y = np.asarray(batch.x), np.asarray(batch.y)
+    np.testing.assert_allclose(supervised_loss(model, batch), np.mean((mask * y - x) ** 2, axis=(1, 2, 3)),
+                               rtol=1e-13)
+    np.testing.assert_allclose(measurement_loss(model, batch), 0, atol=1e-30)  # A A^H y = y for a mask
+    np.testing.assert_allclose(group_losses(supervised_loss, model, (batch, batch)),
+                               np.tile(np.mean((mask * y - x) ** 2, axis=(1, 2, 3)), 2), rtol=1e-13)

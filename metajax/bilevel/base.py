@@ -129,7 +129,7 @@ def meta_gradient(method: BilevelMethod, inner_loss, outer_loss, theta, args, *,
     return _check_finite_losses(grad, info), info
 
 
-def _num_tasks(name: str, args) -> int:
+def num_tasks(name: str, args) -> int:
     sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in jax.tree.leaves(args)}
     if len(sizes) != 1 or None in sizes:
         raise ValueError(
@@ -147,7 +147,7 @@ def task_mean_gradient(method: BilevelMethod, inner_loss, outer_loss, theta, arg
     such dicts, one per group, for :class:`TaskGroups`).
     """
     groups = args.groups if isinstance(args, TaskGroups) else (args,)
-    sizes = [_num_tasks("args" if len(groups) == 1 else f"args.groups[{i}]", g) for i, g in enumerate(groups)]
+    sizes = [num_tasks("args" if len(groups) == 1 else f"args.groups[{i}]", g) for i, g in enumerate(groups)]
     keys = [None] * len(groups) if key is None else jnp.split(jax.random.split(key, sum(sizes)),
                                                                  jnp.cumsum(jnp.array(sizes))[:-1].tolist())
     total, infos = None, []

@@ -42,11 +42,6 @@ class TaskBatch(eqx.Module):
     y: jax.Array
     task: jax.Array
 
-    @property
-    def num_tasks(self) -> int | None:
-        """N for stacked tasks, None for one task."""
-        return self.x.shape[0] if self.x.ndim == 4 else None
-
 
 def sample_batch(tasks: Task, key, split: str, batch_size: int, task_ids=None) -> TaskBatch:
     """``batch_size`` images of ``split`` from each of the N stacked ``tasks``, deterministic given ``key``.
@@ -59,9 +54,9 @@ def sample_batch(tasks: Task, key, split: str, batch_size: int, task_ids=None) -
         task_ids: (N,) task indices (default ``0..N−1``).
     """
     check_key("key", key)
-    n = tasks.train.shape[0] if tasks.train.ndim == 4 else None
-    if n is None:
+    if tasks.train.ndim != 4:
         raise ValueError("`tasks` must be stacked tasks (leading task axis); use `metajax.data.stack_tasks`.")
+    n = tasks.train.shape[0]
     task_ids = jnp.arange(n) if task_ids is None else jnp.asarray(task_ids)
     if task_ids.shape != (n,):
         raise ValueError(f"`task_ids` must have shape ({n},) (one index per task); got {task_ids.shape}.")

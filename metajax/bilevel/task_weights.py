@@ -25,7 +25,7 @@ import optax
 
 from metajax._validation import check_positive_int
 from metajax.adjoint import Adjoint, Autodiff
-from metajax.bilevel.base import BilevelMethod, _num_tasks
+from metajax.bilevel.base import BilevelMethod, num_tasks
 from metajax.bilevel.inner import adapt, check_optimizer
 
 
@@ -77,7 +77,7 @@ class TaskWeights(BilevelMethod):
         if not (isinstance(args, tuple) and len(args) == 2):
             raise TypeError("TaskWeights: `args` must be the pair (train_args, val_args).")
         train, val = args
-        n, m = _num_tasks("args[0] (training tasks)", train), _num_tasks("args[1] (validation tasks)", val)
+        n, m = num_tasks("args[0] (training tasks)", train), num_tasks("args[1] (validation tasks)", val)
         if theta.alpha.shape != (n, m):
             raise ValueError(f"TaskWeights: `theta.alpha` must have shape (N, M) = ({n}, {m}) for {n} training and "
                              f"{m} validation tasks; got {theta.alpha.shape}.")
