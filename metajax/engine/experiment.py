@@ -1,0 +1,303 @@
+"""An experiment built from a config: data splits, tasks, the model, the solver and one jitted training step.
+
+Tasks: one per sampling ratio, each with its own mask key
+(``fold_in(key(seed), i)``), so tasks never share nested masks. Training
+batches take ``trainer.batch`` images per task from its training split (and as
+many from its validation split for the meta-solvers), cut a random
+``tasks.crop`` × ``tasks.crop`` window from each when ``crop > 0`` (the
+training operators then use masks of the crop size, drawn with the same key),
+and measure them with that task's operator. Batches depend only on
+``(seed, step)``, so a resumed run sees exactly the batches an uninterrupted
+one would.
+
+Solvers (``solver.name``) and what the step optimises:
+
+- ``penalty``: ``TaskWeighted`` LOA, (θ, ω) by Bian et al.'s Algorithm 2 on
+  cross-task batches (train: inner, validation: outer).
+- ``implicit`` / ``maml`` / ``fomaml``: the ``TaskWeighted`` model's float
+  leaves (θ and ω), per-task meta-gradients averaged over tasks.
+- ``task_weights``: the ``Shared`` model as θ₀ and the N×N task correlation α.
+- ``conventional``: the ``Shared`` model (κ = 1) on the mean training loss of all
+  tasks, or, with ``solver.per_task``, one network per task (vmapped copies).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from metajax import bilevel, data, masks
+from metajax.adjoint import MLM, Autodiff
+from metajax.bilevel import TaskBatch
+from metajax.models import LOA, PDNet
+from metajax.operators import SingleCoilMRI
+
+SOLVERS = ("penalty", "implicit", "maml", "fomaml", "task_weights", "conventional")
+
+
+class ConfigError(ValueError):
+    """A configuration value that is well typed but not usable (names the key)."""
+
+
+def resolve_path(path: str, base: Path | None) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() or base is None else base / p
+
+
+def check_files(cfg, base: Path | None) -> None:
+    """Fail before any compute when a configured file is missing."""
+    if cfg.data.source != "default":
+        if cfg.data.path is None:
+            raise ConfigError(f"`data.path` must be set for data.source={cfg.data.source!r}.")
+        path = resolve_path(cfg.data.path, base)
+        if not (path.is_dir() if cfg.data.source == "folder" else path.is_file()):
+            raise FileNotFoundError(f"`data.path`: {str(path)!r} does not exist.")
+    if cfg.tasks.mask == "file":
+        if cfg.tasks.mask_file is None:
+            raise ConfigError("`tasks.mask_file` must be set for tasks.mask='file'.")
+        if not resolve_path(cfg.tasks.mask_file, base).is_file():
+            raise FileNotFoundError(f"`tasks.mask_file`: {cfg.tasks.mask_file!r} does not exist.")
+    if cfg.solver.name not in SOLVERS:
+        raise ConfigError(f"`solver.name` must be one of {SOLVERS}; got {cfg.solver.name!r}.")
+
+
+def load_splits(cfg_data, base: Path | None) -> dict[str, np.ndarray]:
+    """``{"train", "val", "test"}`` → real (n, H, W) float32 images, each slice scaled to max 1."""
+    if cfg_data.source == "default":
+        images = data.default_images(cfg_data.num_slices, cfg_data.size)
+    else:
+        path = resolve_path(cfg_data.path, base)
+        loaders = {"fastmri": lambda: data.load_fastmri(path).target, "nifti": lambda: data.load_nifti(path),
+                   "folder": lambda: data.load_image_folder(path, as_gray=True)}
+        if cfg_data.source not in loaders:
+            raise ConfigError(f"`data.source` must be default, fastmri, nifti or folder; got {cfg_data.source!r}.")
+        images = loaders[cfg_data.source]()
+        if cfg_data.size and images.shape[-1] != cfg_data.size:
+            images = data.center_crop(images, (cfg_data.size, cfg_data.size))
+    splits = {}
+    for name in ("train", "val", "test"):
+        start, stop = getattr(cfg_data, name)
+        if not 0 <= start < stop <= len(images):
+            raise ConfigError(f"`data.{name}` = [{start}, {stop}) is not a slice range within the {len(images)} "
+                              "images.")
+        splits[name] = data.normalize_per_slice(np.asarray(images[start:stop], np.float32))
+    return splits
+
+
+def make_mask(cfg_tasks, index: int, ratio: float, shape, seed: int, base: Path | None):
+    key = jax.random.fold_in(jax.random.key(seed), index)
+    kind = cfg_tasks.mask
+    if kind == "file":
+        name = f"{cfg_tasks.mask_prefix}{round(100 * ratio)}"
+        mask = masks.load_mask(resolve_path(cfg_tasks.mask_file, base), name)
+        if mask.shape != tuple(shape):
+            mask = data.center_crop(mask, shape)
+        return jnp.asarray(mask)
+    if kind == "equispaced":
+        return masks.equispaced(shape, ratio)
+    if kind in ("radial", "cartesian", "variable_density"):
+        return getattr(masks, kind)(key, shape, ratio)
+    raise ConfigError(f"`tasks.mask` must be radial, cartesian, equispaced, variable_density or file; got {kind!r}.")
+
+
+def build_tasks(cfg, splits, base: Path | None, size: int | None = None):
+    """Stacked tasks (one per ratio) whose operators act on ``size`` × ``size`` images (default: full size)."""
+    shape = splits["test"].shape[1:] if size is None else (size, size)
+    images = {k: jnp.asarray(v, jnp.complex64) for k, v in splits.items()}
+    tasks = [data.Task(SingleCoilMRI(make_mask(cfg.tasks, i, r, shape, cfg.trainer.seed, base)), images["train"],
+                       images["val"], images["test"], noise_std=cfg.tasks.noise_std)
+             for i, r in enumerate(cfg.tasks.ratios)]
+    return data.stack_tasks(tasks)
+
+
+def build_network(cfg_model, key):
+    if cfg_model.name == "loa":
+        return LOA(key, cfg_model.phases, features=cfg_model.features, layers=cfg_model.layers)
+    if cfg_model.name == "loa_paper":
+        return LOA.paper(key, cfg_model.phases, features=cfg_model.features, layers=cfg_model.layers)
+    if cfg_model.name == "pdnet":
+        return PDNet(key, cfg_model.phases, channels=cfg_model.features)
+    raise ConfigError(f"`model.name` must be loa, loa_paper or pdnet; got {cfg_model.name!r}.")
+
+
+def first_phases(net, phases: int):
+    """The network restricted to its first ``phases`` phases (stair training); gradients reach the full arrays."""
+    if isinstance(net, LOA):
+        return eqx.tree_at(lambda n: (n.alpha_raw, n.tau_raw), net, (net.alpha_raw[:phases], net.tau_raw[:phases]))
+    if isinstance(net, PDNet):
+        return eqx.tree_at(lambda n: (n.kernel, n.threshold, n.tau, n.sigma), net,
+                           (net.kernel[:phases], net.threshold[:phases], net.tau[:phases], net.sigma[:phases]))
+    return net
+
+
+def sample_batches(tasks, key, split: str, batch: int, crop: int) -> TaskBatch:
+    """``batch`` images per task from ``split``, randomly cropped to ``crop`` (0: none), and their measurements."""
+
+    def one(task, k):
+        k_index, k_crop, k_noise = jax.random.split(k, 3)
+        images = task.images(split)
+        x = images[jax.random.choice(k_index, images.shape[0], (batch,), replace=False)]
+        if crop:
+            offsets = jax.random.randint(k_crop, (batch, 2), 0, jnp.array(x.shape[-2:]) - crop + 1)
+            x = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, o, (crop, crop)))(x, offsets)
+        return x, task.measure(k_noise, x)
+
+    n = tasks.noise_std.shape[0]
+    x, y = jax.vmap(one)(tasks, jax.random.split(key, n))
+    return TaskBatch(tasks.operator, x, y, jnp.arange(n))
+
+
+@dataclass
+class Experiment:
+    """Everything the training loop needs, built once from ``cfg`` (see the module docstring)."""
+
+    cfg: object
+    base: Path | None = None
+
+    def __post_init__(self):
+        cfg = self.cfg
+        check_files(cfg, self.base)
+        if cfg.trainer.batch < 1 or cfg.trainer.steps < 1:
+            raise ConfigError("`trainer.batch` and `trainer.steps` must be positive integers.")
+        self.splits = load_splits(cfg.data, self.base)
+        for name in ("train", "val"):
+            if cfg.trainer.batch > len(self.splits[name]):
+                raise ConfigError(f"`trainer.batch` = {cfg.trainer.batch} exceeds the {len(self.splits[name])} "
+                                  f"{name} images.")
+        full = self.splits["test"].shape[-1]
+        crop = cfg.tasks.crop
+        if crop and not 8 <= crop <= full:
+            raise ConfigError(f"`tasks.crop` must be 0 or in [8, {full}]; got {crop}.")
+        self.crop = crop if crop and crop < full else 0
+        self.tasks = build_tasks(cfg, self.splits, self.base)
+        self.train_tasks = build_tasks(cfg, self.splits, self.base, self.crop) if self.crop else self.tasks
+        self.num_tasks = len(cfg.tasks.ratios)
+        self.name = cfg.solver.name
+        self.adjoint = MLM() if cfg.solver.adjoint == "mlm" else Autodiff()
+        if cfg.solver.adjoint not in ("mlm", "autodiff"):
+            raise ConfigError(f"`solver.adjoint` must be autodiff or mlm; got {cfg.solver.adjoint!r}.")
+        self.optimizer = optax.adam(cfg.trainer.lr)
+        net = build_network(cfg.model, jax.random.key(cfg.trainer.seed))
+        self.per_task = self.name == "conventional" and cfg.solver.per_task
+        if self.name in ("penalty", "implicit", "maml", "fomaml"):
+            model = bilevel.TaskWeighted(net, self.num_tasks, adjoint=self.adjoint)
+        else:
+            model = bilevel.Shared(net, adjoint=self.adjoint)
+        self.params, self.static = eqx.partition(model, eqx.is_inexact_array)
+        if self.name == "penalty":
+            self.params, self.static = bilevel.split_task_weights(model)
+        if self.per_task:
+            self.params = jax.tree.map(lambda a: jnp.stack([a] * self.num_tasks), self.params)
+        if self.name == "task_weights":
+            self.params = bilevel.TaskWeightsParams.uniform(self.params, self.num_tasks, self.num_tasks)
+        self.method = self._method()
+
+    # ---------------------------------------------------------------- model views
+
+    def model(self, params, phases: int | None = None):
+        """The meta model ``model(operator, y, task)`` of the trained ``params`` (first ``phases`` phases)."""
+        if self.name == "task_weights":
+            params = params.init
+        return self.network(params, phases)
+
+    def network(self, phi, phases: int | None = None):
+        """The meta model of the float leaves ``phi`` (what the solvers differentiate)."""
+        model = bilevel.join_task_weights(phi, self.static) if self.name == "penalty" else eqx.combine(phi, self.static)
+        return model if phases is None else eqx.tree_at(lambda m: m.net, model, first_phases(model.net, phases))
+
+    def task_model(self, params, task: int):
+        """The model used for ``task`` (per-task conventional training keeps one copy per task)."""
+        return self.model(jax.tree.map(lambda a: a[task], params) if self.per_task else params)
+
+    def phases_at(self, step: int) -> int:
+        """Stair training: phases in use at ``step`` (all phases otherwise)."""
+        total = self.cfg.model.phases
+        if not self.cfg.trainer.stair:
+            return total
+        return min(total, 1 + step * total // self.cfg.trainer.steps)
+
+    # ---------------------------------------------------------------- solver
+
+    def _method(self):
+        s = self.cfg.solver
+        sgd = optax.sgd(s.inner_lr)
+        if self.name == "penalty":
+            return bilevel.Penalty(lam=s.lam, delta=s.delta, delta_tol=s.delta_tol, delta_decay=s.delta_decay,
+                                   lam_growth=s.lam_growth, theta_steps=s.theta_steps)
+        if self.name == "implicit":
+            return bilevel.Implicit(lam=s.lam, inner_optimizer=sgd, inner_steps=s.inner_steps, cg_max_iters=s.cg_iters)
+        if self.name in ("maml", "fomaml"):
+            return bilevel.MAML(sgd, s.inner_steps, first_order=self.name == "fomaml")
+        if self.name == "task_weights":
+            return bilevel.TaskWeights(sgd, s.inner_steps, learn_init=True)
+        return None
+
+    def init_state(self):
+        if self.method is None:
+            return bilevel.MetaState(self.optimizer.init(self.params), jnp.zeros((), jnp.int32))
+        return bilevel.init(self.method, self.params, self.optimizer)
+
+    def step_fn(self, phases: int):
+        """``(params, state, tasks, train_tasks, key, step) -> (params, state, metrics)`` for ``phases`` phases."""
+        cfg, crop, nan_at = self.cfg, self.crop, self.cfg.trainer.inject_nan_at
+
+        def poison(loss, step):
+            return loss * jnp.where(step == nan_at, jnp.nan, 1.0)
+
+        def step(params, state, train_tasks, key, step_index):
+            k_train, k_val = jax.random.split(key)
+            train = sample_batches(train_tasks, k_train, "train", cfg.trainer.batch, crop)
+            val = sample_batches(train_tasks, k_val, "val", cfg.trainer.batch, crop)
+
+            def per_task_loss(batch):
+                return lambda p, a: poison(bilevel.supervised_loss(self.network(p, phases), batch(a)), step_index)
+
+            if self.method is None:  # conventional training
+                def loss(p):
+                    if self.per_task:
+                        per = jax.vmap(lambda q, b: bilevel.supervised_loss(self.network(q, phases), b))(p, train)
+                    else:
+                        per = bilevel.supervised_loss(self.network(p, phases), train)
+                    return poison(jnp.sum(per) if self.per_task else jnp.mean(per), step_index)
+
+                value, grad = jax.value_and_grad(loss)(params)
+                updates, opt_state = self.optimizer.update(grad, state.opt_state, params)
+                return optax.apply_updates(params, updates), bilevel.MetaState(opt_state, state.step + 1), \
+                    {"loss": value}
+            if self.name == "penalty":
+                inner = lambda p, a: jnp.mean(per_task_loss(lambda b: b[0])(p, a))  # noqa: E731
+                outer = lambda p, a: jnp.mean(per_task_loss(lambda b: b[1])(p, a))  # noqa: E731
+            elif self.name == "task_weights":  # args = (train tasks, val tasks); the losses see one task each
+                inner = outer = per_task_loss(lambda b: b)
+            else:
+                inner, outer = per_task_loss(lambda b: b[0]), per_task_loss(lambda b: b[1])
+            params, state, info = bilevel.meta_step(self.method, inner, outer, params, state, (train, val),
+                                                    optimizer=self.optimizer)
+            return params, state, {"loss": jnp.mean(info["outer_loss"]), "inner_loss": jnp.mean(info["inner_loss"])}
+
+        return step
+
+    # ---------------------------------------------------------------- devices
+
+    def mesh(self) -> Mesh:
+        count = self.cfg.trainer.devices or jax.local_device_count()
+        devices = jax.local_devices()
+        if not 1 <= count <= len(devices):
+            raise ConfigError(f"`trainer.devices` = {count} but {len(devices)} local device(s) exist.")
+        if self.num_tasks % count:
+            raise ConfigError(f"{self.num_tasks} tasks cannot be sharded evenly over `trainer.devices` = {count}.")
+        return Mesh(np.array(devices[:count]), ("tasks",))
+
+    def shard_tasks(self, mesh: Mesh, tasks):
+        """Every task leaf split along its leading task axis over the mesh."""
+        return jax.device_put(tasks, NamedSharding(mesh, PartitionSpec("tasks")))
+
+    def replicate(self, mesh: Mesh, tree):
+        return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))

@@ -1,0 +1,221 @@
+"""The training loop: resumable, fault-checked, sharded over local devices, with progress and logs.
+
+``train(cfg, run_dir)`` writes into ``run_dir``:
+
+- ``config.yaml`` (the resolved config; a resumed run must match it),
+  ``run_info.json`` (machine, JAX version, devices);
+- ``checkpoints/step_XXXXXXXX.eqx`` every ``trainer.checkpoint_every`` steps
+  (atomic; the newest ``trainer.keep_checkpoints`` are kept);
+- ``train_log.jsonl`` (step, losses, images/s, phases), ``curves.png``;
+- ``model.eqx`` (the final model, ``eqx.tree_serialise_leaves``), ``omega.json``
+  (the learned ω and κ = sigmoid(ω) per task, where the model has them) and,
+  for ``task_weights``, ``task_weights.json``.
+
+Restarted with the same command after being killed, it resumes from the newest
+checkpoint, prints from which step, and produces a byte-identical
+``model.eqx``: the parameters and solver state are restored exactly, and the
+key and batches of step s are ``fold_in(key(seed), s)`` either way. A changed
+configuration is refused (unless ``trainer.allow_config_change``). A NaN/Inf
+loss or parameter stops the run with a message naming the step and the
+quantity; nothing is written after the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from omegaconf import OmegaConf
+
+from metajax.engine import checkpoint
+from metajax.engine.experiment import Experiment
+
+# Fields that may differ between an interrupted run and its restart.
+VOLATILE = ("trainer.resume", "trainer.allow_config_change", "trainer.progress", "eval")
+
+
+class TrainingError(RuntimeError):
+    """Training stopped on a fault (non-finite loss or parameters)."""
+
+
+def machine_info() -> dict:
+    return {"platform": platform.platform(), "python": platform.python_version(), "jax": jax.__version__,
+            "backend": jax.default_backend(), "devices": [str(d) for d in jax.local_devices()]}
+
+
+def comparable_config(cfg) -> dict:
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in VOLATILE:
+        *parents, leaf = dotted.split(".")
+        node = container
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return container
+
+
+def _differences(a, b, prefix=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            yield from _differences(a.get(k), b.get(k), f"{prefix}{k}.")
+    elif a != b:
+        yield f"{prefix[:-1]}: {a!r} → {b!r}"
+
+
+def check_resume_config(run_dir: Path, cfg) -> None:
+    """Refuse to resume a run whose stored config differs (unless ``trainer.allow_config_change``)."""
+    stored_path = run_dir / "config.yaml"
+    current = comparable_config(cfg)
+    if stored_path.is_file() and checkpoint.latest(run_dir / "checkpoints"):
+        stored = comparable_config(OmegaConf.load(stored_path))
+        changes = list(_differences(stored, current))
+        if changes and not cfg.trainer.allow_config_change:
+            raise TrainingError(
+                f"{run_dir} holds checkpoints of a run with a different configuration ("
+                + "; ".join(changes) + "). Use a new run directory, or pass trainer.allow_config_change=true "
+                "to resume anyway.")
+
+
+def all_finite(tree) -> bool:
+    return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(tree))
+
+
+def train(cfg, run_dir: Path, base: Path | None = None, log=print) -> dict:
+    """Train as configured; returns ``{"experiment", "params", "train_seconds", "resumed_from", "steps"}``."""
+    run_dir = Path(run_dir)
+    exp = Experiment(cfg, base)  # loads data, fails on missing files before any compute
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = run_dir / "checkpoints"
+    if cfg.trainer.resume:
+        check_resume_config(run_dir, cfg)
+    else:
+        for step in checkpoint.list_steps(ckpt_dir):
+            (ckpt_dir / f"step_{step:08d}.eqx").unlink()
+    checkpoint.write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    checkpoint.write_text_atomic(run_dir / "run_info.json", json.dumps(
+        {"machine": machine_info(), "config": OmegaConf.to_container(cfg, resolve=True)}, indent=2))
+
+    params, state = exp.params, exp.init_state()
+    start, resumed_from = 0, None
+    found = checkpoint.latest(ckpt_dir) if cfg.trainer.resume else None
+    if found:
+        start, path = found
+        params, state = checkpoint.load(path, (params, state))
+        resumed_from = start
+        log(f"resumed from checkpoint {path} at step {start} of {cfg.trainer.steps}")
+    mesh = exp.mesh()
+    train_tasks = exp.shard_tasks(mesh, exp.train_tasks)
+    params, state = exp.replicate(mesh, (params, state))
+    compiled = {}
+    base_key = jax.random.key(cfg.trainer.seed)
+    images_per_step = exp.num_tasks * cfg.trainer.batch * (1 if exp.method is None else 2)
+    log_path = run_dir / "train_log.jsonl"
+    if start == 0:
+        log_path.write_text("")
+    progress = _progress(cfg, start)
+    seconds = 0.0
+    try:
+        for step in range(start, cfg.trainer.steps):
+            phases = exp.phases_at(step)
+            if phases not in compiled:
+                compiled[phases] = jax.jit(exp.step_fn(phases))
+            tic = time.perf_counter()
+            try:
+                new_params, new_state, metrics = compiled[phases](
+                    params, state, train_tasks, jax.random.fold_in(base_key, step), jnp.asarray(step))
+                loss = float(metrics["loss"])
+            except Exception as error:  # eqx.error_if of meta_gradient: a loss became NaN/Inf inside the step
+                reason = next((line.strip() for line in str(error).splitlines() if "non-finite" in line), None)
+                if reason is None:
+                    raise
+                raise TrainingError(f"step {step}: {reason} Training stopped; the last good checkpoint in "
+                                    f"{ckpt_dir} is unchanged.") from None
+            elapsed = time.perf_counter() - tic
+            seconds += elapsed
+            if not np.isfinite(loss):
+                raise TrainingError(f"step {step}: the training loss is {loss}. Training stopped; the last good "
+                                    f"checkpoint in {ckpt_dir} is unchanged.")
+            if not all_finite(new_params):
+                raise TrainingError(f"step {step}: the parameters became non-finite after the update. Training "
+                                    f"stopped; the last good checkpoint in {ckpt_dir} is unchanged.")
+            params, state = new_params, new_state
+            record = {"step": step + 1, "phases": phases, "seconds": elapsed,
+                      "images_per_s": images_per_step / elapsed, **{k: float(v) for k, v in metrics.items()}}
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if progress is not None:
+                progress.set_postfix(loss=f"{loss:.3e}", img_s=f"{record['images_per_s']:.1f}")
+                progress.update(1)
+            elif (step + 1) % cfg.trainer.log_every == 0 or step + 1 == cfg.trainer.steps:
+                log(f"step {step + 1}/{cfg.trainer.steps} loss {loss:.4e} ({record['images_per_s']:.1f} images/s)")
+            if (step + 1) % cfg.trainer.checkpoint_every == 0 or step + 1 == cfg.trainer.steps:
+                checkpoint.save(ckpt_dir, step + 1, jax.device_get((params, state)), cfg.trainer.keep_checkpoints)
+    finally:
+        if progress is not None:
+            progress.close()
+    params = jax.device_get(params)
+    model = exp.model(params)
+    checkpoint.write_atomic(run_dir / "model.eqx", model)
+    _write_task_parameters(run_dir, exp, model, params)
+    _curves(run_dir)
+    return {"experiment": exp, "params": params, "train_seconds": seconds, "resumed_from": resumed_from,
+            "steps": cfg.trainer.steps}
+
+
+def _progress(cfg, start):
+    if not cfg.trainer.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.trainer.steps, initial=start, desc=f"train ({cfg.solver.name})", unit="step")
+
+
+def _write_task_parameters(run_dir: Path, exp: Experiment, model, params) -> None:
+    omega = getattr(model, "omega", None)
+    if omega is not None:
+        (run_dir / "omega.json").write_text(json.dumps(
+            {"ratios": list(exp.cfg.tasks.ratios), "omega": np.asarray(omega).tolist(),
+             "kappa": np.asarray(jax.nn.sigmoid(omega)).tolist()}, indent=2))
+    if exp.name == "task_weights":
+        (run_dir / "task_weights.json").write_text(json.dumps(
+            {"ratios": list(exp.cfg.tasks.ratios), "weights": np.asarray(params.weights).tolist()}, indent=2))
+
+
+def _curves(run_dir: Path) -> None:
+    records = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines() if line]
+    if not records:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key in ("loss", "inner_loss"):
+        if key in records[0]:
+            ax.plot([r["step"] for r in records], [r[key] for r in records], label=key)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(run_dir / "curves.png", dpi=80)
+    plt.close(fig)
+
+
+def load_trained(run_dir: Path, base: Path | None = None):
+    """``(experiment, model)`` of a finished run directory (its ``config.yaml`` and ``model.eqx``)."""
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "model.eqx"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"`model_dir`: {str(run_dir / name)!r} does not exist; train a model first.")
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    exp = Experiment(cfg, base)
+    like = exp.model(exp.params)
+    return exp, eqx.tree_deserialise_leaves(run_dir / "model.eqx", like)
