@@ -30,8 +30,8 @@ from metajax.models import LOA
 from metajax.operators import SingleCoilMRI
 
 
-def methods(k: int, cg_iters: int) -> dict:
-    sgd = optax.sgd(0.3)
+def methods(k: int, cg_iters: int, pixels: int) -> dict:
+    sgd = optax.sgd(0.3 / pixels)  # the loss sums squared errors over pixels
     return {
         "MAML (autodiff)": MAML(sgd, k, adjoint=Autodiff()),
         "MAML (MLM adjoint)": MAML(sgd, k, adjoint=MLM()),
@@ -64,7 +64,7 @@ def main() -> None:
 
     rows = []
     for k in args.steps:
-        for name, method in methods(k, args.cg_iters).items():
+        for name, method in methods(k, args.cg_iters, args.size**2).items():
             start = time.perf_counter()
             compiled = jax.jit(lambda t, b, m=method: meta_gradient(m, inner, outer, t, b)).lower(
                 theta, batches).compile()
@@ -81,7 +81,7 @@ def main() -> None:
                          "cg_iterations": int(info["iterations"]) if "iterations" in info else None})
             print(rows[-1], flush=True)
     write("bilevel_memory", rows, ["method", "K", "seconds", "temp_MiB", "compile_s", "outer_loss"],
-          note=f"default LOA, T = {args.phases}, {args.size}², 2 train + 2 val images, radial 20 %, inner SGD 0.3; "
+          note=f"default LOA, T = {args.phases}, {args.size}², 2 train + 2 val images, radial 20 %, inner SGD 0.3/pixels; "
                f"one meta-gradient, median of {args.repeats}; Implicit: λ = 1, CG ≤ {args.cg_iters} iterations")
     import matplotlib
 
@@ -89,7 +89,7 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for name in methods(1, 1):
+    for name in methods(1, 1, 1):
         sel = [r for r in rows if r["method"] == name]
         axes[0].plot([r["K"] for r in sel], [r["temp_MiB"] for r in sel], "o-", label=name)
         axes[1].plot([r["K"] for r in sel], [r["seconds"] for r in sel], "o-", label=name)

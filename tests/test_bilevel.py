@@ -246,7 +246,7 @@ def test_maml_on_loa_mlm_equals_autodiff(loa_batches, x64):
     for name, adjoint in (("autodiff", Autodiff()), ("mlm", MLM())):
         params, static = split_task_weights(_loa_meta_model(adjoint))
         inner, outer = _model_losses(static)
-        method = MAML(optax.sgd(0.5), 2, adjoint=adjoint)
+        method = MAML(optax.sgd(0.5 / 64), 2, adjoint=adjoint)  # 8×8 images: the loss sums 64 pixels
         grads[name], info = jax.jit(lambda p, a: meta_gradient(method, inner, outer, p, a))(params, one_task)
     assert _rel(grads["mlm"], grads["autodiff"]) < 1e-12
     omega = np.asarray(grads["mlm"][1].omega)
@@ -286,7 +286,7 @@ def test_maml_vmap_over_tasks_equals_a_python_loop(x64):
     batches = sample_batch(tasks, jax.random.key(0), "train", 3), sample_batch(tasks, jax.random.key(1), "val", 2)
     params, static = split_task_weights(_smooth_model())
     inner, outer = _model_losses(static)
-    for method in (MAML(optax.sgd(0.3), 3), MAML(optax.adam(0.1), 2, first_order=True)):
+    for method in (MAML(optax.sgd(0.02), 3), MAML(optax.adam(0.1), 2, first_order=True)):
         together, info = jax.jit(lambda p, a: task_mean_gradient(method, inner, outer, p, a))(params, batches)
         loop = [meta_gradient(method, inner, outer, params, jax.tree.map(lambda a: a[i], batches))
                 for i in range(3)]
@@ -473,7 +473,7 @@ def _bayes(cov, mask, sigma):
 
 
 def test_linear_gaussian_meta_learning_approaches_bayes_and_finetuning_keeps_the_kernel(x64):
-    size, sigma, lam = 4, 0.1, 0.01
+    size, sigma, lam = 4, 0.1, 0.16  # the loss sums 16 pixels: λ and the step are scaled by 16
     rng = np.random.default_rng(7)
     task_masks = [rng.random((size, size)) < 0.55 for _ in range(3)]
     tasks, cov = _gaussian_tasks(task_masks, sigma, num_train=4000, num_val=1000)
@@ -481,7 +481,7 @@ def test_linear_gaussian_meta_learning_approaches_bayes_and_finetuning_keeps_the
     model = Shared(LinearNet(jnp.zeros((size * size, size * size))))
     inner = lambda phi, a: supervised_loss(phi, a[0])  # noqa: E731
     outer = lambda phi, a: supervised_loss(phi, a[1])  # noqa: E731
-    method = Implicit(lam=lam, inner_optimizer=optax.sgd(1.5), inner_steps=400, cg_tol=1e-10, cg_max_iters=100)
+    method = Implicit(lam=lam, inner_optimizer=optax.sgd(1.5 / 16), inner_steps=400, cg_tol=1e-10, cg_max_iters=100)
     opt = optax.adam(0.05)
     state = init(method, model, opt)
     step = jax.jit(lambda p, s: meta_step(method, inner, outer, p, s, args, optimizer=opt))
@@ -558,7 +558,7 @@ def test_implicit_on_loa_through_the_mlm_adjoint_equals_autodiff(loa_batches, x6
     for adjoint in (Autodiff(), MLM()):
         params, static = split_task_weights(_loa_meta_model(adjoint))
         inner, outer = _model_losses(static)
-        method = Implicit(lam=1.0, inner_optimizer=optax.sgd(0.5), inner_steps=2, cg_tol=1e-12, cg_max_iters=4)
+        method = Implicit(lam=64.0, inner_optimizer=optax.sgd(0.5 / 64), inner_steps=2, cg_tol=1e-12, cg_max_iters=4)
         results.append(jax.jit(lambda p, a: meta_gradient(method, inner, outer, p, a))(params, one_task))
     assert _rel(results[1][0], results[0][0]) < 1e-12
     assert int(results[0][1]["iterations"]) == 4 and float(results[0][1]["residual"]) < 1
@@ -592,8 +592,8 @@ def test_losses_per_task_against_numpy_and_batches_deterministic_per_key(x64):
     model = TaskWeighted(SmoothNet(jnp.zeros((16, 16)), jnp.zeros((16, 16))), 3, dtype=jnp.float64)  # x̂ = A^H y
     mask = np.asarray(tasks.operator.mask)[:, None]  # (N, 1, H, W)
     x, y = np.asarray(batch.x), np.asarray(batch.y)
-    np.testing.assert_allclose(supervised_loss(model, batch), np.mean((mask * y - x) ** 2, axis=(1, 2, 3)),
-                               rtol=1e-13)
+    expected = np.mean(np.sum((mask * y - x) ** 2, axis=(2, 3)), axis=1)  # ‖·‖² per image, mean over the batch
+    np.testing.assert_allclose(supervised_loss(model, batch), expected, rtol=1e-13)
     np.testing.assert_allclose(measurement_loss(model, batch), 0, atol=1e-30)  # A A^H y = y for a mask
     np.testing.assert_allclose(group_losses(supervised_loss, model, (batch, batch)),
-                               np.tile(np.mean((mask * y - x) ** 2, axis=(1, 2, 3)), 2), rtol=1e-13)
+                               np.tile(expected, 2), rtol=1e-13)

@@ -3,10 +3,13 @@
 For a meta model ``f = model(operator, y, task)`` (:mod:`metajax.bilevel.parameters`)
 and a minibatch of B images of one task with operator A:
 
-    supervised:        ℓ = (1/B) Σ_b ‖f(y_b) − x_b‖² / n        (n: pixels of an image)
-    measurement-only:  ℓ = (1/B) Σ_b ‖A f(y_b) − y_b‖² / m      (m: entries of a measurement)
+    supervised:        ℓ = (1/B) Σ_b ‖f(y_b) − x_b‖²
+    measurement-only:  ℓ = (1/B) Σ_b ‖A f(y_b) − y_b‖²
 
 the second needing no ground truth (Meta-Prior's unsupervised inner loss).
+The norms are sums over pixels (not means), as in the papers, so constants
+tuned there (Bian et al.'s δ and λ) keep their meaning; the value grows with
+the image size, which matters for inner SGD step sizes (Adam does not care).
 Complex errors count ``|·|² = Re² + Im²``. On a :class:`TaskBatch` of N stacked
 tasks both return the (N,) vector of per-task losses, computed with ``vmap``
 over tasks (never a Python loop), so solvers can weight, sum or vmap them.
@@ -66,7 +69,7 @@ def sample_batch(tasks: Task, key, split: str, batch_size: int, task_ids=None) -
 
 def _squared_error(a, b):
     d = a - b
-    return jnp.mean(d.real**2 + d.imag**2) if jnp.iscomplexobj(d) else jnp.mean(d**2)
+    return jnp.sum(d.real**2 + d.imag**2) if jnp.iscomplexobj(d) else jnp.sum(d**2)
 
 
 def _per_task(loss_one_task, model, batch: TaskBatch):
@@ -88,12 +91,12 @@ def _measurement_one(model, batch):
 
 
 def supervised_loss(model, batch: TaskBatch) -> jax.Array:
-    """``(1/B) Σ_b ‖f(y_b) − x_b‖²/n`` per task: a scalar for one task, (N,) for stacked tasks."""
+    """``(1/B) Σ_b ‖f(y_b) − x_b‖²`` per task: a scalar for one task, (N,) for stacked tasks."""
     return _per_task(_supervised_one, model, batch)
 
 
 def measurement_loss(model, batch: TaskBatch) -> jax.Array:
-    """``(1/B) Σ_b ‖A f(y_b) − y_b‖²/m`` per task (no ground truth used): scalar or (N,)."""
+    """``(1/B) Σ_b ‖A f(y_b) − y_b‖²`` per task (no ground truth used): scalar or (N,)."""
     return _per_task(_measurement_one, model, batch)
 
 

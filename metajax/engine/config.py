@@ -34,6 +34,7 @@ class DataConfig:
     path: Optional[str] = None  # file (fastmri, nifti) or folder; relative paths are from the launch directory
     num_slices: int = 24  # default source: slices taken from the template
     size: int = 128  # default source: image size; others: centre crop to size × size (0: keep)
+    shuffle: bool = False  # permute the slices (fixed permutation, key 0) before taking the ranges
     train: List[int] = field(default_factory=lambda: [0, 16])  # [start, stop) slice ranges
     val: List[int] = field(default_factory=lambda: [16, 20])
     test: List[int] = field(default_factory=lambda: [20, 24])
@@ -62,7 +63,7 @@ class SolverConfig:
     name: str = "penalty"  # penalty | implicit | maml | fomaml | task_weights | conventional
     adjoint: str = "autodiff"  # autodiff | mlm: how the unrolled network is differentiated
     inner_steps: int = 1  # implicit / maml / task_weights
-    inner_lr: float = 1e-2  # SGD step of the inner loop
+    inner_lr: float = 1e-5  # SGD step of the inner loop (the losses sum squared errors over pixels)
     lam: float = 1e-5  # penalty: λ₀; implicit: proximal λ
     delta: float = 1e-3  # penalty: δ₀
     delta_tol: float = 4.35e-6
@@ -147,10 +148,10 @@ PRESETS = {
     },
     "quick": {
         "data": {"num_slices": 24, "size": 128, "train": [0, 16], "val": [16, 20], "test": [20, 24]},
-        "tasks": {"crop": 96},
+        "tasks": {"crop": 48},
         "model": {"phases": 5},
-        "trainer": {"steps": 150, "batch": 2, "lr": 3e-3, "checkpoint_every": 50},
-        "solver": {"lam": 1e-5},
+        "trainer": {"steps": 300, "batch": 1, "lr": 3e-3, "checkpoint_every": 50},
+        "eval": {"baselines": True},
     },
     "paper": {
         "data": {"source": "fastmri", "path": CHEST, "size": 256, "train": [0, 70], "val": [70, 85],
@@ -162,7 +163,7 @@ PRESETS = {
 }
 
 DATA = {
-    "default": DataConfig(),
+    "default": DataConfig(shuffle=True),  # the template's slices run foot to head: contiguous splits would differ
     "chest": DataConfig(source="fastmri", path=CHEST, size=256, train=[0, 70], val=[70, 85], test=[85, 100]),
     "fastmri": DataConfig(source="fastmri"),
     "nifti": DataConfig(source="nifti"),

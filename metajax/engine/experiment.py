@@ -81,6 +81,8 @@ def load_splits(cfg_data, base: Path | None) -> dict[str, np.ndarray]:
         images = loaders[cfg_data.source]()
         if cfg_data.size and images.shape[-1] != cfg_data.size:
             images = data.center_crop(images, (cfg_data.size, cfg_data.size))
+    if cfg_data.shuffle:
+        images = np.asarray(images)[np.asarray(jax.random.permutation(jax.random.key(0), len(images)))]
     splits = {}
     for name in ("train", "val", "test"):
         start, stop = getattr(cfg_data, name)
@@ -97,9 +99,11 @@ def make_mask(cfg_tasks, index: int, ratio: float, shape, seed: int, base: Path 
     if kind == "file":
         name = f"{cfg_tasks.mask_prefix}{round(100 * ratio)}"
         mask = masks.load_mask(resolve_path(cfg_tasks.mask_file, base), name)
-        if mask.shape != tuple(shape):
-            mask = data.center_crop(mask, shape)
-        return jnp.asarray(mask)
+        if mask.shape == tuple(shape):
+            return jnp.asarray(mask)
+        # Training crops: a centre crop of the k-space mask would sample far more than `ratio`; a radial mask
+        # of the crop size with the same ratio stands in for it.
+        return masks.radial(key, shape, ratio)
     if kind == "equispaced":
         return masks.equispaced(shape, ratio)
     if kind in ("radial", "cartesian", "variable_density"):
