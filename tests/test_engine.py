@@ -48,14 +48,28 @@ def test_train_evaluate_baselines_adapt_end_to_end(tmp_path):
         "adapt.steps=3", f"hydra.run.dir={adapted}")
     methods = [r["method"] for r in json.loads((adapted / "metrics.json").read_text())["rows"]]
     assert methods == ["before adaptation", "adapted (omega, supervised)"]
+    finetuned = tmp_path / "finetune"
+    run("adapt", "preset=ci", f"adapt.model_dir={train_dir}", "adapt.mode=finetune", "adapt.loss=measurement",
+        "adapt.images=2", "adapt.steps=2", "eval.figure=false", f"hydra.run.dir={finetuned}")
+    assert (finetuned / "metrics.json").is_file()
 
 
-def test_sweep_writes_one_table_with_both_rows(tmp_path):
-    run("train", "-m", "preset=ci", "solver=penalty,conventional", "tasks.ratios=[0.3]", "eval.figure=false",
-        f"hydra.sweep.dir={tmp_path}")
+def test_conventional_per_task_trains_one_network_per_task(tmp_path):
+    run("train", "preset=ci", "solver=conventional", "solver.per_task=true", "eval.figure=false",
+        f"hydra.run.dir={tmp_path}")
+    rows = json.loads((tmp_path / "metrics.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["loa (conventional)"] * 2
+
+
+def test_sweep_over_every_solver_writes_one_table(tmp_path):
+    solvers = ["penalty", "implicit", "maml", "fomaml", "task_weights", "conventional"]
+    run("train", "-m", "preset=ci", f"solver={','.join(solvers)}", "trainer.steps=2", "tasks.ratios=[0.3,0.4]",
+        "eval.figure=false", f"hydra.sweep.dir={tmp_path}")
     table = (tmp_path / "sweep_results.md").read_text()
-    assert "solver=penalty" in table and "solver=conventional" in table
-    assert "loa (penalty)" in table and "loa (conventional)" in table
+    for solver in solvers:
+        assert f"solver={solver}" in table and f"loa ({solver})" in table, table
+    assert len(table.splitlines()) == 2 + 2 * len(solvers)  # header + one row per run and task
+    assert (tmp_path / "4" / "task_weights.json").is_file()
 
 
 def test_config_errors_fail_fast_naming_the_key(tmp_path):
@@ -128,3 +142,23 @@ def test_two_devices_give_the_same_parameters_as_one(tmp_path):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=1e-6)
     info = json.loads((tmp_path / "2" / "run_info.json").read_text())
     assert len(info["machine"]["devices"]) == 2
+
+
+def test_presets_compose_with_the_chosen_groups():
+    """A preset never overrides the data a user selects; `paper` selects chest data, shared masks, the paper LOA."""
+    from hydra import compose, initialize
+
+    from metajax.engine.config import register
+
+    register()
+    with initialize(version_base=None):
+        quick_chest = compose("run", overrides=["data=chest", "tasks=shared_radial"])
+        assert (quick_chest.data.size, list(quick_chest.data.test)) == (256, [85, 100])
+        assert quick_chest.tasks.crop == 48 and quick_chest.eval.baselines
+        paper = compose("run", overrides=["preset=paper"])
+        assert (paper.data.source, paper.tasks.mask, paper.model.name, paper.model.phases) == (
+            "fastmri", "file", "loa_paper", 11)
+        assert paper.trainer.stair and paper.trainer.lr == 1e-3
+        assert compose("run", overrides=["preset=paper", "data=default"]).data.source == "default"
+        ci = compose("run", overrides=["preset=ci"])
+        assert ci.trainer.steps == 6 and ci.data.size == 32

@@ -127,7 +127,10 @@ def train_main(cfg) -> None:
     model = exp.model(params)
     methods = {f"{cfg.model.name} ({cfg.solver.name})": evaluation.network_method(
         lambda i: model_for_task(exp, model, i))}
-    extra = {"train_seconds": result["train_seconds"], "resumed_from": result["resumed_from"]}
+    records = [json.loads(line) for line in (out_dir / "train_log.jsonl").read_text().splitlines() if line]
+    extra = {"train_seconds": result["train_seconds"], "resumed_from": result["resumed_from"],
+             "compile_seconds": result["compile_seconds"],
+             "images_per_s_median": sorted(r["images_per_s"] for r in records)[len(records) // 2] if records else None}
     if cfg.eval.baselines:
         baselines, info = _baseline_methods(cfg, exp, out_dir, result["train_seconds"], cfg.trainer.steps)
         methods = {**baselines, **methods}

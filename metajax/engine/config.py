@@ -146,18 +146,15 @@ PRESETS = {
         "trainer": {"steps": 6, "batch": 1, "checkpoint_every": 2, "log_every": 2, "progress": False},
         "eval": {"tv_weights": [1e-3], "tv_iterations": 20},
     },
-    "quick": {
-        "data": {"num_slices": 24, "size": 128, "train": [0, 16], "val": [16, 20], "test": [20, 24]},
+    "quick": {  # the data group decides the data (default: 24 template slices at 128², shuffled 16/4/4)
         "tasks": {"crop": 48},
         "model": {"phases": 5},
         "trainer": {"steps": 300, "batch": 1, "lr": 3e-3, "checkpoint_every": 50},
         "eval": {"baselines": True},
     },
-    "paper": {
-        "data": {"source": "fastmri", "path": CHEST, "size": 256, "train": [0, 70], "val": [70, 85],
-                 "test": [85, 100]},
-        "tasks": {"mask": "file", "mask_file": "../shared/data/radial_masks.h5"},
-        "model": {"name": "loa_paper", "phases": 11},
+    "paper": {  # selects groups (a command-line `data=...` still wins) and sets the paper's training constants
+        "defaults": [{"override /data": "chest"}, {"override /tasks": "shared_radial"},
+                     {"override /model": "loa_paper"}],
         "trainer": {"steps": 20000, "batch": 2, "lr": 1e-3, "stair": True, "checkpoint_every": 500},
     },
 }

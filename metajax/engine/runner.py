@@ -87,7 +87,8 @@ def all_finite(tree) -> bool:
 
 
 def train(cfg, run_dir: Path, base: Path | None = None, log=print) -> dict:
-    """Train as configured; returns ``{"experiment", "params", "train_seconds", "resumed_from", "steps"}``."""
+    """Train as configured; returns ``{"experiment", "params", "train_seconds", "resumed_from", "steps",
+    "compile_seconds"}`` (train_seconds: the steps themselves, without compilation)."""
     run_dir = Path(run_dir)
     exp = Experiment(cfg, base)  # loads data, fails on missing files before any compute
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -112,7 +113,7 @@ def train(cfg, run_dir: Path, base: Path | None = None, log=print) -> dict:
     mesh = exp.mesh()
     train_tasks = exp.shard_tasks(mesh, exp.train_tasks)
     params, state = exp.replicate(mesh, (params, state))
-    compiled = {}
+    compiled, compile_seconds = {}, {}
     base_key = jax.random.key(cfg.trainer.seed)
     images_per_step = exp.num_tasks * cfg.trainer.batch * (1 if exp.method is None else 2)
     log_path = run_dir / "train_log.jsonl"
@@ -123,12 +124,15 @@ def train(cfg, run_dir: Path, base: Path | None = None, log=print) -> dict:
     try:
         for step in range(start, cfg.trainer.steps):
             phases = exp.phases_at(step)
+            inputs = (params, state, train_tasks, jax.random.fold_in(base_key, step), jnp.asarray(step))
             if phases not in compiled:
-                compiled[phases] = jax.jit(exp.step_fn(phases))
+                tic = time.perf_counter()
+                compiled[phases] = jax.jit(exp.step_fn(phases)).lower(*inputs).compile()
+                compile_seconds[phases] = time.perf_counter() - tic
+                log(f"compiled the training step ({phases} phases) in {compile_seconds[phases]:.1f} s")
             tic = time.perf_counter()
             try:
-                new_params, new_state, metrics = compiled[phases](
-                    params, state, train_tasks, jax.random.fold_in(base_key, step), jnp.asarray(step))
+                new_params, new_state, metrics = compiled[phases](*inputs)
                 loss = float(metrics["loss"])
             except Exception as error:  # eqx.error_if of meta_gradient: a loss became NaN/Inf inside the step
                 reason = next((line.strip() for line in str(error).splitlines() if "non-finite" in line), None)
@@ -165,7 +169,7 @@ def train(cfg, run_dir: Path, base: Path | None = None, log=print) -> dict:
     _write_task_parameters(run_dir, exp, model, params)
     _curves(run_dir)
     return {"experiment": exp, "params": params, "train_seconds": seconds, "resumed_from": resumed_from,
-            "steps": cfg.trainer.steps}
+            "steps": cfg.trainer.steps, "compile_seconds": compile_seconds}
 
 
 def _progress(cfg, start):
