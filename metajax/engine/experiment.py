@@ -184,9 +184,9 @@ class Experiment:
         self.train_tasks = build_tasks(cfg, self.splits, self.base, self.crop) if self.crop else self.tasks
         self.num_tasks = len(cfg.tasks.ratios)
         self.name = cfg.solver.name
-        self.adjoint = MLM() if cfg.solver.adjoint == "mlm" else Autodiff()
         if cfg.solver.adjoint not in ("mlm", "autodiff"):
             raise ConfigError(f"`solver.adjoint` must be autodiff or mlm; got {cfg.solver.adjoint!r}.")
+        self.adjoint = MLM() if cfg.solver.adjoint == "mlm" else Autodiff()
         self.optimizer = optax.adam(cfg.trainer.lr)
         net = build_network(cfg.model, jax.random.key(cfg.trainer.seed))
         self.per_task = self.name == "conventional" and cfg.solver.per_task
