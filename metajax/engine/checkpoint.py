@@ -37,15 +37,24 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def path_of(directory: Path, step: int) -> Path:
+    return Path(directory) / f"step_{step:08d}.eqx"
+
+
 def save(directory: Path, step: int, tree, keep: int = 2) -> Path:
     """Write ``directory/step_{step}.eqx`` atomically and delete all but the newest ``keep`` checkpoints."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"step_{step:08d}.eqx"
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    path = path_of(directory, step)
     write_atomic(path, tree)
-    for old in sorted(list_steps(directory))[:-keep]:
-        (directory / f"step_{old:08d}.eqx").unlink(missing_ok=True)
+    for old in list_steps(directory)[:-keep]:
+        path_of(directory, old).unlink(missing_ok=True)
     return path
+
+
+def clear(directory: Path) -> None:
+    """Delete every checkpoint in ``directory``."""
+    for step in list_steps(directory):
+        path_of(directory, step).unlink()
 
 
 def list_steps(directory: Path) -> list[int]:
@@ -58,7 +67,7 @@ def list_steps(directory: Path) -> list[int]:
 def latest(directory: Path) -> tuple[int, Path] | None:
     """``(step, path)`` of the newest checkpoint in ``directory``, or None."""
     steps = list_steps(directory)
-    return (steps[-1], Path(directory) / f"step_{steps[-1]:08d}.eqx") if steps else None
+    return (steps[-1], path_of(directory, steps[-1])) if steps else None
 
 
 def load(path: Path, like):

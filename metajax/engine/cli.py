@@ -53,13 +53,6 @@ def _base() -> Path:
     return Path(hydra.utils.get_original_cwd())
 
 
-def model_for_task(exp: Experiment, model, task: int):
-    if not exp.per_task:
-        return model
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    return eqx.combine(jax.tree.map(lambda a: a[task], params), static)
-
-
 def _report(out_dir: Path, rows, images, ratios, cfg, title: str, extra: dict | None = None) -> None:
     table = evaluation.markdown(rows, title)
     (out_dir / "results.md").write_text(table)
@@ -86,7 +79,7 @@ def _sweep_table(out_dir: Path) -> None:
     (sweep_dir / "sweep_results.md").write_text("\n".join(lines) + "\n")
 
 
-def _baseline_methods(cfg, exp: Experiment, out_dir: Path, meta_seconds: float | None, meta_steps: int | None):
+def _baseline_methods(cfg, exp: Experiment, out_dir: Path, meta_seconds: float | None):
     """Zero-filled, TV (λ tuned per task on validation) and conventional training of the same network."""
     weights = evaluation.tune_tv(exp.tasks, cfg.trainer.seed, list(cfg.eval.tv_weights), cfg.eval.tv_iterations)
     methods = {"zero-filled": evaluation.zero_filled_method,
@@ -106,8 +99,9 @@ def _baseline_methods(cfg, exp: Experiment, out_dir: Path, meta_seconds: float |
     result = train(conv_cfg, out_dir / "conventional", exp.base)
     conv = result["experiment"]
     trained = conv.model(result["params"])
-    methods["conventional"] = evaluation.network_method(lambda i: model_for_task(conv, trained, i))
-    return methods, {"tv_weights": weights, "conventional_steps": steps, "meta_steps": meta_steps,
+    methods["conventional"] = evaluation.network_method(lambda i: conv.task_model(trained, i))
+    return methods, {"tv_weights": weights, "conventional_steps": steps,
+                     "meta_steps": None if meta_seconds is None else cfg.trainer.steps,
                      "meta_train_seconds": meta_seconds, "conventional_train_seconds": result["train_seconds"]}
 
 
@@ -126,13 +120,13 @@ def train_main(cfg) -> None:
     exp, params = result["experiment"], result["params"]
     model = exp.model(params)
     methods = {f"{cfg.model.name} ({cfg.solver.name})": evaluation.network_method(
-        lambda i: model_for_task(exp, model, i))}
-    records = [json.loads(line) for line in (out_dir / "train_log.jsonl").read_text().splitlines() if line]
+        lambda i: exp.task_model(model, i))}
+    records = result["records"]
     extra = {"train_seconds": result["train_seconds"], "resumed_from": result["resumed_from"],
              "compile_seconds": result["compile_seconds"],
              "images_per_s_median": sorted(r["images_per_s"] for r in records)[len(records) // 2] if records else None}
     if cfg.eval.baselines:
-        baselines, info = _baseline_methods(cfg, exp, out_dir, result["train_seconds"], cfg.trainer.steps)
+        baselines, info = _baseline_methods(cfg, exp, out_dir, result["train_seconds"])
         methods = {**baselines, **methods}
         extra.update(info)
     rows, images = evaluation.evaluate(methods, exp.tasks, cfg.tasks.ratios, cfg.eval.split, cfg.trainer.seed)
@@ -149,7 +143,7 @@ def evaluate_main(cfg) -> None:
     except (ConfigError, FileNotFoundError) as error:
         _fail(error)
     methods = {f"{exp.cfg.model.name} ({exp.cfg.solver.name})": evaluation.network_method(
-        lambda i: model_for_task(exp, model, i))}
+        lambda i: exp.task_model(model, i))}
     rows, images = evaluation.evaluate(methods, exp.tasks, exp.cfg.tasks.ratios, cfg.eval.split, exp.cfg.trainer.seed)
     _report(_out_dir(), rows, images, exp.cfg.tasks.ratios, cfg, f"{cfg.model_dir}, {cfg.eval.split} split")
 
@@ -159,7 +153,7 @@ def baselines_main(cfg) -> None:
     out_dir = _out_dir()
     try:
         exp = Experiment(cfg, _base())
-        methods, extra = _baseline_methods(cfg, exp, out_dir, None, None)
+        methods, extra = _baseline_methods(cfg, exp, out_dir, None)
     except (ConfigError, FileNotFoundError, TrainingError) as error:
         _fail(error)
     rows, images = evaluation.evaluate(methods, exp.tasks, cfg.tasks.ratios, cfg.eval.split, cfg.trainer.seed)
@@ -174,7 +168,7 @@ def adapt_model(cfg, trained_exp: Experiment, model, new_exp: Experiment):
                           f"{a.mode!r}, {a.loss!r}.")
     if a.images > len(new_exp.splits["train"]):
         raise ConfigError(f"`adapt.images` = {a.images} exceeds the {len(new_exp.splits['train'])} training images.")
-    net = model_for_task(trained_exp, model, 0).net
+    net = trained_exp.task_model(model, 0).net
     omega0 = jnp.mean(model.omega) if isinstance(model, bilevel.TaskWeighted) else None
     if a.mode == "omega" and omega0 is None:
         raise ConfigError("`adapt.mode=omega` needs a model with task weights ω (solver penalty, implicit, maml).")
@@ -206,7 +200,7 @@ def adapt_main(cfg) -> None:
         adapted = adapt_model(cfg, trained_exp, model, new_exp)
     except (ConfigError, FileNotFoundError) as error:
         _fail(error)
-    before = model_for_task(trained_exp, model, 0)
+    before = trained_exp.task_model(model, 0)
     if isinstance(before, bilevel.TaskWeighted):  # before adaptation: the mean trained ω for every new task
         before = bilevel.TaskWeighted(before.net, 1, omega=jnp.mean(before.omega))
     first = lambda i: 0  # noqa: E731 (each adapted model has one task)

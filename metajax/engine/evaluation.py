@@ -137,8 +137,7 @@ def figure(path: Path, images: dict, ratios, zoom: int = 4) -> None:
             inset = ax.inset_axes([0.62, 0.62, 0.38, 0.38])
             inset.imshow(image[box], cmap="gray", vmin=0, vmax=1)
             inset.set_xticks([]), inset.set_yticks([])
-            psnr = "" if title == "ground truth" else \
-                f" {10 * np.log10(truth.max() ** 2 / np.mean((image - truth) ** 2)):.2f} dB"
+            psnr = "" if title == "ground truth" else f" {float(metrics.psnr(image, truth)):.2f} dB"
             ax.set_title(f"{title}{psnr}", fontsize=8)
             ax.axis("off")
         bottom[0].imshow(images["mask"][i], cmap="gray")

@@ -194,9 +194,10 @@ class Experiment:
             model = bilevel.TaskWeighted(net, self.num_tasks, adjoint=self.adjoint)
         else:
             model = bilevel.Shared(net, adjoint=self.adjoint)
-        self.params, self.static = eqx.partition(model, eqx.is_inexact_array)
         if self.name == "penalty":
             self.params, self.static = bilevel.split_task_weights(model)
+        else:
+            self.params, self.static = eqx.partition(model, eqx.is_inexact_array)
         if self.per_task:
             self.params = jax.tree.map(lambda a: jnp.stack([a] * self.num_tasks), self.params)
         if self.name == "task_weights":
@@ -216,9 +217,13 @@ class Experiment:
         model = bilevel.join_task_weights(phi, self.static) if self.name == "penalty" else eqx.combine(phi, self.static)
         return model if phases is None else eqx.tree_at(lambda m: m.net, model, first_phases(model.net, phases))
 
-    def task_model(self, params, task: int):
-        """The model used for ``task`` (per-task conventional training keeps one copy per task)."""
-        return self.model(jax.tree.map(lambda a: a[task], params) if self.per_task else params)
+    def task_model(self, model, task: int):
+        """The model used for ``task``: ``model`` itself, or its copy ``task`` when each task trains its own
+        network (``solver.per_task``: every float leaf has a leading task axis)."""
+        if not self.per_task:
+            return model
+        params, static = eqx.partition(model, eqx.is_inexact_array)
+        return eqx.combine(jax.tree.map(lambda a: a[task], params), static)
 
     def phases_at(self, step: int) -> int:
         """Stair training: phases in use at ``step`` (all phases otherwise)."""

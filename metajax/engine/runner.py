@@ -87,8 +87,9 @@ def all_finite(tree) -> bool:
 
 
 def train(cfg, run_dir: Path, base: Path | None = None, log=print) -> dict:
-    """Train as configured; returns ``{"experiment", "params", "train_seconds", "resumed_from", "steps",
-    "compile_seconds"}`` (train_seconds: the steps themselves, without compilation)."""
+    """Train as configured; returns ``{"experiment", "params", "records", "train_seconds", "resumed_from",
+    "compile_seconds"}``: ``records`` is the whole ``train_log.jsonl`` (every step, also those before a resume)
+    and ``train_seconds`` the sum of their step times (compilation excluded)."""
     run_dir = Path(run_dir)
     exp = Experiment(cfg, base)  # loads data, fails on missing files before any compute
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -96,8 +97,7 @@ def train(cfg, run_dir: Path, base: Path | None = None, log=print) -> dict:
     if cfg.trainer.resume:
         check_resume_config(run_dir, cfg)
     else:
-        for step in checkpoint.list_steps(ckpt_dir):
-            (ckpt_dir / f"step_{step:08d}.eqx").unlink()
+        checkpoint.clear(ckpt_dir)
     checkpoint.write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     checkpoint.write_text_atomic(run_dir / "run_info.json", json.dumps(
         {"machine": machine_info(), "config": OmegaConf.to_container(cfg, resolve=True)}, indent=2))
@@ -120,7 +120,6 @@ def train(cfg, run_dir: Path, base: Path | None = None, log=print) -> dict:
     if start == 0:
         log_path.write_text("")
     progress = _progress(cfg, start)
-    seconds = 0.0
     try:
         for step in range(start, cfg.trainer.steps):
             phases = exp.phases_at(step)
@@ -141,7 +140,6 @@ def train(cfg, run_dir: Path, base: Path | None = None, log=print) -> dict:
                 raise TrainingError(f"step {step}: {reason} Training stopped; the last good checkpoint in "
                                     f"{ckpt_dir} is unchanged.") from None
             elapsed = time.perf_counter() - tic
-            seconds += elapsed
             if not np.isfinite(loss):
                 raise TrainingError(f"step {step}: the training loss is {loss}. Training stopped; the last good "
                                     f"checkpoint in {ckpt_dir} is unchanged.")
@@ -167,9 +165,11 @@ def train(cfg, run_dir: Path, base: Path | None = None, log=print) -> dict:
     model = exp.model(params)
     checkpoint.write_atomic(run_dir / "model.eqx", model)
     _write_task_parameters(run_dir, exp, model, params)
-    _curves(run_dir)
-    return {"experiment": exp, "params": params, "train_seconds": seconds, "resumed_from": resumed_from,
-            "steps": cfg.trainer.steps, "compile_seconds": compile_seconds}
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line]
+    _curves(run_dir, records)
+    return {"experiment": exp, "params": params, "records": records,
+            "train_seconds": sum(r["seconds"] for r in records), "resumed_from": resumed_from,
+            "compile_seconds": compile_seconds}
 
 
 def _progress(cfg, start):
@@ -191,8 +191,7 @@ def _write_task_parameters(run_dir: Path, exp: Experiment, model, params) -> Non
             {"ratios": list(exp.cfg.tasks.ratios), "weights": np.asarray(params.weights).tolist()}, indent=2))
 
 
-def _curves(run_dir: Path) -> None:
-    records = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines() if line]
+def _curves(run_dir: Path, records: list[dict]) -> None:
     if not records:
         return
     import matplotlib
