@@ -72,32 +72,48 @@ def _squared_error(a, b):
     return jnp.sum(d.real**2 + d.imag**2) if jnp.iscomplexobj(d) else jnp.sum(d**2)
 
 
-def _per_task(loss_one_task, model, batch: TaskBatch):
+def _map(fn, xs, batch_size):
+    """``vmap(fn)(xs)`` (``batch_size=None``) or ``lax.map`` in chunks of ``batch_size`` (same values)."""
+    return jax.vmap(fn)(xs) if batch_size is None else jax.lax.map(fn, xs, batch_size=batch_size)
+
+
+def _per_task(error_of_image, model, batch: TaskBatch, batch_size):
+    if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"`batch_size` must be None or a positive integer; got {batch_size!r}.")
+
+    def one_task(b):
+        return jnp.mean(_map(lambda xy: error_of_image(model, b.operator, b.task, *xy), (b.x, b.y), batch_size))
+
     if batch.x.ndim == 3:
-        return loss_one_task(model, batch)
+        return one_task(batch)
     if batch.x.ndim != 4:
         raise ValueError(f"`batch.x` must be (B, H, W) or (N, B, H, W); got shape {batch.x.shape}.")
-    return jax.vmap(loss_one_task, in_axes=(None, 0))(model, batch)
+    return _map(one_task, batch, batch_size)
 
 
-def _supervised_one(model, batch):
-    x_hat = jax.vmap(lambda y: model(batch.operator, y, batch.task))(batch.y)
-    return jnp.mean(jax.vmap(_squared_error)(x_hat, batch.x))
+def _supervised_error(model, operator, task, x, y):
+    return _squared_error(model(operator, y, task), x)
 
 
-def _measurement_one(model, batch):
-    y_hat = jax.vmap(lambda y: batch.operator(model(batch.operator, y, batch.task)))(batch.y)
-    return jnp.mean(jax.vmap(_squared_error)(y_hat, batch.y))
+def _measurement_error(model, operator, task, x, y):
+    return _squared_error(operator(model(operator, y, task)), y)
 
 
-def supervised_loss(model, batch: TaskBatch) -> jax.Array:
-    """``(1/B) Σ_b ‖f(y_b) − x_b‖²`` per task: a scalar for one task, (N,) for stacked tasks."""
-    return _per_task(_supervised_one, model, batch)
+def supervised_loss(model, batch: TaskBatch, *, batch_size: int | None = None) -> jax.Array:
+    """``(1/B) Σ_b ‖f(y_b) − x_b‖²`` per task: a scalar for one task, (N,) for stacked tasks.
+
+    ``batch_size``: ``None`` evaluates every image (and task) at once with ``vmap``;
+    an integer k evaluates k at a time with ``lax.map`` (the same value, less
+    memory; on XLA:CPU k = 1 runs a 32-channel CNN on 256² images 3.3× faster,
+    ``benchmarks/dcnet_throughput.py``).
+    """
+    return _per_task(_supervised_error, model, batch, batch_size)
 
 
-def measurement_loss(model, batch: TaskBatch) -> jax.Array:
-    """``(1/B) Σ_b ‖A f(y_b) − y_b‖²`` per task (no ground truth used): scalar or (N,)."""
-    return _per_task(_measurement_one, model, batch)
+def measurement_loss(model, batch: TaskBatch, *, batch_size: int | None = None) -> jax.Array:
+    """``(1/B) Σ_b ‖A f(y_b) − y_b‖²`` per task (no ground truth used): scalar or (N,); ``batch_size`` as in
+    :func:`supervised_loss`."""
+    return _per_task(_measurement_error, model, batch, batch_size)
 
 
 def group_losses(loss, model, batches) -> jax.Array:

@@ -1,5 +1,6 @@
-"""Data: image sources (embedded default set, fastMRI HDF5, NIfTI, image folders) and tasks."""
+"""Data: image sources (embedded chest set (the default), embedded brain template, fastMRI HDF5, NIfTI, image folders) and tasks."""
 
+from metajax.data.chest import chest_file, chest_images, chest_masks, pseudo_radial_mask
 from metajax.data.fastmri import FastMRIVolume, load_fastmri
 from metajax.data.sources import (
     center_crop,
@@ -12,6 +13,10 @@ from metajax.data.sources import (
 from metajax.data.tasks import Task, split_images, stack_tasks
 
 __all__ = [
+    "chest_file",
+    "chest_images",
+    "chest_masks",
+    "pseudo_radial_mask",
     "FastMRIVolume",
     "load_fastmri",
     "center_crop",

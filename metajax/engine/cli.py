@@ -79,28 +79,32 @@ def _sweep_table(out_dir: Path) -> None:
     (sweep_dir / "sweep_results.md").write_text("\n".join(lines) + "\n")
 
 
+def conventional_config(cfg):
+    """The conventional baseline of a run: the same network trained on the plain supervised loss (κ = 1) for the
+    same number of steps on the same number of images per step — a meta-solver's step sees two batches
+    (support and query), so the baseline's batch is twice ``trainer.batch`` — the same lr, seed and validation.
+    Reproducible: it depends on the config only (not on timings)."""
+    batch = cfg.trainer.batch * (1 if cfg.solver.name == "conventional" else 2)
+    return OmegaConf.merge(cfg, {"solver": OmegaConf.structured(SOLVERS["conventional"]),
+                                 "trainer": {"batch": batch, "checkpoint_every": cfg.trainer.steps}})
+
+
 def _baseline_methods(cfg, exp: Experiment, out_dir: Path, meta_seconds: float | None):
     """Zero-filled, TV (λ tuned per task on validation) and conventional training of the same network."""
+    print(f"tuning TV on the validation split ({len(cfg.eval.tv_weights)} weights × {exp.num_tasks} tasks) ...",
+          flush=True)
     weights = evaluation.tune_tv(exp.tasks, cfg.trainer.seed, list(cfg.eval.tv_weights), cfg.eval.tv_iterations)
     methods = {"zero-filled": evaluation.zero_filled_method,
                "TV": evaluation.tv_method(weights, cfg.eval.tv_iterations)}
-    conv_cfg = OmegaConf.merge(cfg, {"solver": OmegaConf.structured(SOLVERS["conventional"])})
-    steps = cfg.trainer.steps
-    if meta_seconds is not None:  # the same wall-clock budget as the meta-learner
-        conv_exp = Experiment(conv_cfg, exp.base)
-        step = jax.jit(conv_exp.step_fn(cfg.model.phases))
-        args = (conv_exp.params, conv_exp.init_state(), conv_exp.train_tasks, jax.random.key(0), jnp.asarray(0))
-        jax.block_until_ready(step(*args))
-        tic = time.perf_counter()
-        for _ in range(3):
-            jax.block_until_ready(step(*args))
-        steps = max(1, round(meta_seconds / ((time.perf_counter() - tic) / 3)))
-    conv_cfg = OmegaConf.merge(conv_cfg, {"trainer": {"steps": steps, "checkpoint_every": max(1, steps)}})
+    conv_cfg = conventional_config(cfg)
+    print(f"conventional training: {conv_cfg.trainer.steps} steps, {conv_cfg.trainer.batch} images per task and "
+          "step ...", flush=True)
     result = train(conv_cfg, out_dir / "conventional", exp.base)
     conv = result["experiment"]
     trained = conv.model(result["params"])
     methods["conventional"] = evaluation.network_method(lambda i: conv.task_model(trained, i))
-    return methods, {"tv_weights": weights, "conventional_steps": steps,
+    return methods, {"tv_weights": weights, "conventional_steps": conv_cfg.trainer.steps,
+                     "conventional_batch": conv_cfg.trainer.batch,
                      "meta_steps": None if meta_seconds is None else cfg.trainer.steps,
                      "meta_train_seconds": meta_seconds, "conventional_train_seconds": result["train_seconds"]}
 
@@ -121,7 +125,7 @@ def train_main(cfg) -> None:
     model = exp.model(params)
     methods = {f"{cfg.model.name} ({cfg.solver.name})": evaluation.network_method(
         lambda i: exp.task_model(model, i))}
-    records = result["records"]
+    records = [r for r in result["records"] if "images_per_s" in r]
     extra = {"train_seconds": result["train_seconds"], "resumed_from": result["resumed_from"],
              "compile_seconds": result["compile_seconds"],
              "images_per_s_median": sorted(r["images_per_s"] for r in records)[len(records) // 2] if records else None}

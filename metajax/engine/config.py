@@ -4,19 +4,22 @@ Every node is a dataclass, so Hydra rejects a misspelled key or a value of the
 wrong type at start-up with a message naming the key (``trainer.steps=abc``
 fails before anything runs). Groups and their options:
 
-- ``data``: ``default`` (embedded brain slices), ``chest`` (the shared chest
-  images, fastMRI layout), ``fastmri`` / ``nifti`` / ``folder`` (set ``data.path``).
-- ``tasks``: ``radial`` (one ``masks.radial`` key per task), ``cartesian``,
-  ``variable_density``, ``shared_radial`` (the pseudo-radial masks of
-  ``../shared/data/radial_masks.h5``).
-- ``model``: ``loa`` (metajax's default LOA), ``loa_paper`` (the paper's
-  constants), ``pdnet``.
+- ``data``: ``default`` (the embedded chest images, slices 0–69 / 70–84 /
+  85–99), ``template`` (embedded slices of the MNI152 brain template),
+  ``fastmri`` / ``nifti`` / ``folder`` (set ``data.path``).
+- ``tasks``: ``pseudo_radial`` (the embedded pseudo-radial 256² masks; the
+  default), ``radial`` (one ``masks.radial`` key per task), ``cartesian``,
+  ``variable_density``, ``file`` (set ``tasks.mask_file``).
+- ``model``: ``dcnet`` (:class:`~metajax.models.DCNet`, the default), ``loa``
+  (metajax's default LOA), ``loa_paper`` (the paper's constants), ``pdnet``.
 - ``solver``: ``penalty``, ``implicit``, ``maml``, ``fomaml``, ``task_weights``,
-  ``conventional`` (plain supervised training of the same network, κ = 1).
+  ``conventional`` (plain supervised training of the same network, κ = 1),
+  ``joint`` (θ and the task weights ω together on the training loss).
 - ``trainer``, ``eval``: one option each (``default``); set fields directly.
-- ``preset``: ``ci`` (seconds), ``quick`` (CPU minutes), ``paper`` (GPU hours);
-  a preset overrides fields of the groups above, and command-line overrides
-  come last.
+- ``preset``: ``quick`` (the README main job, CPU minutes; the default),
+  ``ci`` (seconds), ``long`` (the shipped pretrained model, ≤ 90 CPU minutes),
+  ``paper`` (GPU hours); a preset overrides fields of the groups above, and
+  command-line overrides come last.
 """
 
 from __future__ import annotations
@@ -30,19 +33,19 @@ from omegaconf import MISSING
 
 @dataclass
 class DataConfig:
-    source: str = "default"  # default | fastmri | nifti | folder
+    source: str = "chest"  # chest (embedded) | template (embedded) | fastmri | nifti | folder
     path: Optional[str] = None  # file (fastmri, nifti) or folder; relative paths are from the launch directory
-    num_slices: int = 24  # default source: slices taken from the template
-    size: int = 128  # default source: image size; others: centre crop to size × size (0: keep)
+    num_slices: int = 24  # template source: slices taken from the template
+    size: int = 256  # template: image size (resized); others: centre crop to size × size (0: keep)
     shuffle: bool = False  # permute the slices (fixed permutation, key 0) before taking the ranges
-    train: List[int] = field(default_factory=lambda: [0, 16])  # [start, stop) slice ranges
-    val: List[int] = field(default_factory=lambda: [16, 20])
-    test: List[int] = field(default_factory=lambda: [20, 24])
+    train: List[int] = field(default_factory=lambda: [0, 70])  # [start, stop) slice ranges
+    val: List[int] = field(default_factory=lambda: [70, 85])
+    test: List[int] = field(default_factory=lambda: [85, 100])
 
 
 @dataclass
 class TasksConfig:
-    mask: str = "radial"  # radial | cartesian | equispaced | variable_density | file
+    mask: str = "pseudo_radial"  # pseudo_radial (embedded, 256²) | radial | cartesian | equispaced | variable_density | file
     mask_file: Optional[str] = None  # mask=file: HDF5 with datasets f"{mask_prefix}{round(100·ratio)}"
     mask_prefix: str = "radial_"
     ratios: List[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4])
@@ -52,10 +55,11 @@ class TasksConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "loa"  # loa | loa_paper | pdnet
+    name: str = "dcnet"  # dcnet | loa | loa_paper | pdnet
     phases: int = 5
-    features: int = 4  # LOA: CNN kernels per layer; PDNet: channels
-    layers: int = 3  # LOA CNN layers
+    features: int = 32  # DCNet: CNN channels; LOA: CNN kernels per layer; PDNet: channels
+    layers: int = 5  # DCNet / LOA CNN layers
+    mu: float = 0.05  # DCNet: initial data-consistency weight μ_k
 
 
 @dataclass
@@ -72,6 +76,8 @@ class SolverConfig:
     theta_steps: int = 3  # penalty: K θ-steps per round
     cg_iters: int = 10  # implicit
     per_task: bool = False  # conventional: one network per task (vmapped) instead of one joint network
+    outer_split: str = "train"  # meta-solvers' outer (query) batch: "train" (disjoint images of the training
+    # split, the support batch being the others) or "val" (the data's validation split, as Bian et al.)
 
 
 @dataclass
@@ -79,6 +85,11 @@ class TrainerConfig:
     steps: int = 200  # training steps (gradient evaluations)
     batch: int = 2  # images per task per step (the same number from each task's validation split)
     lr: float = 1e-3  # Adam
+    lr_schedule: str = "constant"  # constant | cosine (decay to lr/20 over trainer.steps)
+    omega_lr: float = 1e-2  # Adam learning rate of the task weights ω (their own: at lr 1e-3 they barely move)
+    map_batch: int = 0  # images evaluated together in the losses (0: all, vmapped; k: lax.map in chunks of k)
+    val_every: int = 0  # validation PSNR per task on the full validation images every this many steps (0: never)
+    keep_best: bool = True  # with validation: the best-on-validation parameters become model.eqx
     stair: bool = False  # add one phase at a time (Bian et al.): stage s trains the first s phases
     seed: int = 0
     devices: int = 0  # 0: all local devices; tasks are sharded over them
@@ -103,7 +114,7 @@ class EvalConfig:
 
 @dataclass
 class AdaptConfig:
-    model_dir: str = MISSING  # run directory of a trained model (holds model.eqx and config.yaml)
+    model_dir: str = MISSING  # run directory of a trained model (model.eqx, config.yaml) or pretrained:NAME
     mode: str = "omega"  # omega: fit only task weights ω with θ frozen; finetune: fine-tune θ
     loss: str = "supervised"  # supervised | measurement
     images: int = 8  # training images of the new task used for adaptation
@@ -111,7 +122,7 @@ class AdaptConfig:
     lr: float = 1e-2
 
 
-_GROUPS = [{"data": "default"}, {"tasks": "radial"}, {"model": "loa"}, {"solver": "penalty"},
+_GROUPS = [{"data": "default"}, {"tasks": "pseudo_radial"}, {"model": "dcnet"}, {"solver": "penalty"},
            {"trainer": "default"}, {"eval": "default"}]
 
 
@@ -126,7 +137,7 @@ class RunConfig:
     solver: SolverConfig = MISSING
     trainer: TrainerConfig = MISSING
     eval: EvalConfig = MISSING
-    model_dir: Optional[str] = None  # evaluate: the trained run directory (default: the run directory itself)
+    model_dir: Optional[str] = None  # evaluate: a trained run directory or pretrained:NAME
 
 
 @dataclass
@@ -136,43 +147,56 @@ class AdaptRunConfig(RunConfig):
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
 
-CHEST = "../shared/data/chest100_singlecoil.h5"
+TEMPLATE = {"override /data": "template"}, {"override /tasks": "radial"}
 
 PRESETS = {
-    "ci": {
+    "ci": {  # seconds: a few template slices at 32² (a command-line `data=...`/`tasks=...` still wins)
+        "defaults": [*TEMPLATE, {"override /model": "loa"}],
         "data": {"num_slices": 8, "size": 32, "train": [0, 4], "val": [4, 6], "test": [6, 8]},
         "tasks": {"ratios": [0.2, 0.4]},
         "model": {"phases": 2, "features": 2, "layers": 2},
-        "trainer": {"steps": 6, "batch": 1, "checkpoint_every": 2, "log_every": 2, "progress": False},
+        "solver": {"outer_split": "val"},
+        "trainer": {"steps": 6, "batch": 1, "checkpoint_every": 2, "log_every": 2, "progress": False,
+                    "val_every": 3},
         "eval": {"tv_weights": [1e-3], "tv_iterations": 20},
     },
-    "quick": {  # the data group decides the data (default: 24 template slices at 128², shuffled 16/4/4)
-        "tasks": {"crop": 48},
-        "model": {"phases": 5},
-        "trainer": {"steps": 300, "batch": 1, "lr": 3e-3, "checkpoint_every": 50},
-        "eval": {"baselines": True},
+    "quick": {  # the README main job: DCNet meta-trained on the chest images, ≤ 10 CPU minutes with baselines
+        "model": {"phases": 4, "features": 16, "layers": 5},
+        "trainer": {"steps": 60, "batch": 1, "lr": 1e-3, "lr_schedule": "cosine", "map_batch": 1,
+                    "checkpoint_every": 20, "val_every": 20},
+        "eval": {"baselines": True, "tv_iterations": 300},
     },
-    "paper": {  # selects groups (a command-line `data=...` still wins) and sets the paper's training constants
-        "defaults": [{"override /data": "chest"}, {"override /tasks": "shared_radial"},
-                     {"override /model": "loa_paper"}],
-        "trainer": {"steps": 20000, "batch": 2, "lr": 1e-3, "stair": True, "checkpoint_every": 500},
+    "long": {  # the shipped pretrained model (tools/make_pretrained.py): ≤ 90 CPU minutes on 2 cores
+        "defaults": [{"override /solver": "joint"}],
+        "model": {"phases": 5, "features": 16, "layers": 7},
+        "trainer": {"steps": 2500, "batch": 1, "lr": 1e-3, "lr_schedule": "cosine", "map_batch": 1,
+                    "checkpoint_every": 100, "val_every": 250},
+    },
+    "paper": {  # selects the paper LOA and sets the paper's training constants (GPU hours)
+        "defaults": [{"override /model": "loa_paper"}],
+        "solver": {"outer_split": "val"},
+        "trainer": {"steps": 20000, "batch": 2, "lr": 1e-3, "stair": True, "checkpoint_every": 500,
+                    "val_every": 500},
     },
 }
 
 DATA = {
-    "default": DataConfig(shuffle=True),  # the template's slices run foot to head: contiguous splits would differ
-    "chest": DataConfig(source="fastmri", path=CHEST, size=256, train=[0, 70], val=[70, 85], test=[85, 100]),
-    "fastmri": DataConfig(source="fastmri"),
-    "nifti": DataConfig(source="nifti"),
-    "folder": DataConfig(source="folder"),
+    "default": DataConfig(),
+    # the template's slices run foot to head: contiguous splits would differ, so they are shuffled
+    "template": DataConfig(source="template", size=128, shuffle=True, train=[0, 16], val=[16, 20], test=[20, 24]),
+    "fastmri": DataConfig(source="fastmri", train=[0, 16], val=[16, 20], test=[20, 24]),
+    "nifti": DataConfig(source="nifti", train=[0, 16], val=[16, 20], test=[20, 24]),
+    "folder": DataConfig(source="folder", train=[0, 16], val=[16, 20], test=[20, 24]),
 }
 TASKS = {
-    "radial": TasksConfig(),
+    "pseudo_radial": TasksConfig(),
+    "radial": TasksConfig(mask="radial"),
     "cartesian": TasksConfig(mask="cartesian"),
     "variable_density": TasksConfig(mask="variable_density"),
-    "shared_radial": TasksConfig(mask="file", mask_file="../shared/data/radial_masks.h5"),
+    "file": TasksConfig(mask="file"),
 }
-MODELS = {"loa": ModelConfig(), "loa_paper": ModelConfig(name="loa_paper", phases=11),
+MODELS = {"dcnet": ModelConfig(), "loa": ModelConfig(name="loa", features=4, layers=3),
+          "loa_paper": ModelConfig(name="loa_paper", phases=11, features=4, layers=3),
           "pdnet": ModelConfig(name="pdnet", phases=10, features=40)}
 SOLVERS = {
     "penalty": SolverConfig(),
@@ -181,6 +205,7 @@ SOLVERS = {
     "fomaml": SolverConfig(name="fomaml", inner_steps=2),
     "task_weights": SolverConfig(name="task_weights", inner_steps=2),
     "conventional": SolverConfig(name="conventional"),
+    "joint": SolverConfig(name="joint"),
 }
 
 

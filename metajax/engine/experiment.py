@@ -1,9 +1,13 @@
 """An experiment built from a config: data splits, tasks, the model, the solver and one jitted training step.
 
 Tasks: one per sampling ratio, each with its own mask key
-(``fold_in(key(seed), i)``), so tasks never share nested masks. Training
-batches take ``trainer.batch`` images per task from its training split (and as
-many from its validation split for the meta-solvers), cut a random
+(``fold_in(key(seed), i)``), so tasks never share nested masks (the embedded
+pseudo-radial masks are one fixed mask per ratio). Training batches take
+``trainer.batch`` images per task from its training split; the meta-solvers
+get a second, *outer* batch of as many images: by default other images of the
+training split (``solver.outer_split=train``: support and query batches are
+disjoint), or images of the validation split (``outer_split=val``, as Bian et
+al.; with 15 validation images θ then learns mostly from those). Crops: cut a random
 ``tasks.crop`` × ``tasks.crop`` window from each when ``crop > 0`` (the
 training operators then use masks of the crop size, drawn with the same key),
 and measure them with that task's operator. Batches depend only on
@@ -19,6 +23,13 @@ Solvers (``solver.name``) and what the step optimises:
 - ``task_weights``: the ``Shared`` model as θ₀ and the N×N task correlation α.
 - ``conventional``: the ``Shared`` model (κ = 1) on the mean training loss of all
   tasks, or, with ``solver.per_task``, one network per task (vmapped copies).
+- ``joint``: the ``TaskWeighted`` model, θ and ω together on the mean training
+  loss of all tasks (single level, no bilevel split): what conventional
+  training costs, with a task weight per task (the shipped pretrained models).
+
+The task weights ω have their own Adam learning rate (``trainer.omega_lr``).
+:meth:`Experiment.validation_psnr` is the per-task mean PSNR on the full
+validation images that the training loop logs and selects the model by.
 """
 
 from __future__ import annotations
@@ -33,13 +44,13 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from metajax import bilevel, data, masks
+from metajax import bilevel, data, masks, metrics
 from metajax.adjoint import MLM, Autodiff
 from metajax.bilevel import TaskBatch
-from metajax.models import LOA, PDNet
+from metajax.models import LOA, DCNet, PDNet
 from metajax.operators import SingleCoilMRI
 
-SOLVERS = ("penalty", "implicit", "maml", "fomaml", "task_weights", "conventional")
+SOLVERS = ("penalty", "implicit", "maml", "fomaml", "task_weights", "conventional", "joint")
 
 
 class ConfigError(ValueError):
@@ -51,9 +62,12 @@ def resolve_path(path: str, base: Path | None) -> Path:
     return p if p.is_absolute() or base is None else base / p
 
 
+EMBEDDED_SOURCES = ("chest", "template")
+
+
 def check_files(cfg, base: Path | None) -> None:
     """Fail before any compute when a configured file is missing."""
-    if cfg.data.source != "default":
+    if cfg.data.source not in EMBEDDED_SOURCES:
         if cfg.data.path is None:
             raise ConfigError(f"`data.path` must be set for data.source={cfg.data.source!r}.")
         path = resolve_path(cfg.data.path, base)
@@ -70,14 +84,20 @@ def check_files(cfg, base: Path | None) -> None:
 
 def load_splits(cfg_data, base: Path | None) -> dict[str, np.ndarray]:
     """``{"train", "val", "test"}`` → real (n, H, W) float32 images, each slice scaled to max 1."""
-    if cfg_data.source == "default":
+    if cfg_data.source == "template":
         images = data.default_images(cfg_data.num_slices, cfg_data.size)
+    elif cfg_data.source == "chest":
+        images = data.chest_images()
+        if cfg_data.size not in (0, images.shape[-1]):
+            raise ConfigError(f"`data.size`: the chest images are {images.shape[-1]}²; got {cfg_data.size} "
+                              "(use 0 or 256).")
     else:
         path = resolve_path(cfg_data.path, base)
         loaders = {"fastmri": lambda: data.load_fastmri(path).target, "nifti": lambda: data.load_nifti(path),
                    "folder": lambda: data.load_image_folder(path, as_gray=True)}
         if cfg_data.source not in loaders:
-            raise ConfigError(f"`data.source` must be default, fastmri, nifti or folder; got {cfg_data.source!r}.")
+            raise ConfigError(f"`data.source` must be chest, template, fastmri, nifti or folder; got "
+                              f"{cfg_data.source!r}.")
         images = loaders[cfg_data.source]()
         if cfg_data.size and images.shape[-1] != cfg_data.size:
             images = data.center_crop(images, (cfg_data.size, cfg_data.size))
@@ -96,6 +116,14 @@ def load_splits(cfg_data, base: Path | None) -> dict[str, np.ndarray]:
 def make_mask(cfg_tasks, index: int, ratio: float, shape, seed: int, base: Path | None):
     key = jax.random.fold_in(jax.random.key(seed), index)
     kind = cfg_tasks.mask
+    if kind == "pseudo_radial":
+        if tuple(shape) != (256, 256):
+            raise ConfigError(f"`tasks.mask=pseudo_radial`: the embedded masks are 256×256 but the images are "
+                              f"{tuple(shape)}; use tasks=radial or 256² images (full images: tasks.crop=0).")
+        try:
+            return jnp.asarray(data.pseudo_radial_mask(ratio))
+        except ValueError as error:
+            raise ConfigError(f"`tasks.ratios`: {error}") from None
     if kind == "file":
         name = f"{cfg_tasks.mask_prefix}{round(100 * ratio)}"
         mask = masks.load_mask(resolve_path(cfg_tasks.mask_file, base), name)
@@ -108,7 +136,8 @@ def make_mask(cfg_tasks, index: int, ratio: float, shape, seed: int, base: Path 
         return masks.equispaced(shape, ratio)
     if kind in ("radial", "cartesian", "variable_density"):
         return getattr(masks, kind)(key, shape, ratio)
-    raise ConfigError(f"`tasks.mask` must be radial, cartesian, equispaced, variable_density or file; got {kind!r}.")
+    raise ConfigError("`tasks.mask` must be pseudo_radial, radial, cartesian, equispaced, variable_density or file; "
+                      f"got {kind!r}.")
 
 
 def build_tasks(cfg, splits, base: Path | None, size: int | None = None):
@@ -122,17 +151,21 @@ def build_tasks(cfg, splits, base: Path | None, size: int | None = None):
 
 
 def build_network(cfg_model, key):
+    if cfg_model.name == "dcnet":
+        return DCNet(key, cfg_model.phases, layers=cfg_model.layers, channels=cfg_model.features, mu=cfg_model.mu)
     if cfg_model.name == "loa":
         return LOA(key, cfg_model.phases, features=cfg_model.features, layers=cfg_model.layers)
     if cfg_model.name == "loa_paper":
         return LOA.paper(key, cfg_model.phases, features=cfg_model.features, layers=cfg_model.layers)
     if cfg_model.name == "pdnet":
         return PDNet(key, cfg_model.phases, channels=cfg_model.features)
-    raise ConfigError(f"`model.name` must be loa, loa_paper or pdnet; got {cfg_model.name!r}.")
+    raise ConfigError(f"`model.name` must be dcnet, loa, loa_paper or pdnet; got {cfg_model.name!r}.")
 
 
 def first_phases(net, phases: int):
     """The network restricted to its first ``phases`` phases (stair training); gradients reach the full arrays."""
+    if isinstance(net, DCNet):
+        return eqx.tree_at(lambda n: n.mu_raw, net, net.mu_raw[:phases])
     if isinstance(net, LOA):
         return eqx.tree_at(lambda n: (n.alpha_raw, n.tau_raw), net, (net.alpha_raw[:phases], net.tau_raw[:phases]))
     if isinstance(net, PDNet):
@@ -141,13 +174,18 @@ def first_phases(net, phases: int):
     return net
 
 
-def sample_batches(tasks, key, split: str, batch: int, crop: int) -> TaskBatch:
-    """``batch`` images per task from ``split``, randomly cropped to ``crop`` (0: none), and their measurements."""
+def sample_batches(tasks, key, split: str, batch: int, crop: int, part: int = 0) -> TaskBatch:
+    """``batch`` images per task from ``split``, randomly cropped to ``crop`` (0: none), and their measurements.
+
+    ``part`` = 1 takes the *next* ``batch`` images of the same random draw, so parts 0 and 1 of one key are
+    disjoint (the support and query batches of ``outer_split=train``).
+    """
 
     def one(task, k):
         k_index, k_crop, k_noise = jax.random.split(k, 3)
         images = task.images(split)
-        x = images[jax.random.choice(k_index, images.shape[0], (batch,), replace=False)]
+        order = jax.random.permutation(k_index, images.shape[0])
+        x = images[order[part * batch:(part + 1) * batch]]
         if crop:
             offsets = jax.random.randint(k_crop, (batch, 2), 0, jnp.array(x.shape[-2:]) - crop + 1)
             x = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, o, (crop, crop)))(x, offsets)
@@ -156,6 +194,23 @@ def sample_batches(tasks, key, split: str, batch: int, crop: int) -> TaskBatch:
     n = tasks.noise_std.shape[0]
     x, y = jax.vmap(one)(tasks, jax.random.split(key, n))
     return TaskBatch(tasks.operator, x, y, jnp.arange(n))
+
+
+def optimizer(lr: float, omega_lr: float, schedule: str = "constant", steps: int = 1) -> optax.GradientTransformation:
+    """Adam for every parameter except the task weights ω, which get their own Adam at the constant ``omega_lr``.
+
+    ``schedule``: ``constant`` (``lr`` throughout) or ``cosine`` (``lr`` decayed along a half cosine to
+    ``lr/20`` over ``steps`` updates of the optimizer).
+    """
+    if schedule == "cosine":
+        lr = optax.cosine_decay_schedule(lr, max(1, steps), alpha=0.05)
+    elif schedule != "constant":
+        raise ConfigError(f"`trainer.lr_schedule` must be constant or cosine; got {schedule!r}.")
+
+    def labels(params):
+        return jax.tree.map(lambda is_omega: "omega" if is_omega else "theta", bilevel.task_weight_filter(params))
+
+    return optax.multi_transform({"theta": optax.adam(lr), "omega": optax.adam(omega_lr)}, labels)
 
 
 @dataclass
@@ -170,11 +225,19 @@ class Experiment:
         check_files(cfg, self.base)
         if cfg.trainer.batch < 1 or cfg.trainer.steps < 1:
             raise ConfigError("`trainer.batch` and `trainer.steps` must be positive integers.")
+        if cfg.trainer.map_batch < 0 or cfg.trainer.val_every < 0:
+            raise ConfigError("`trainer.map_batch` and `trainer.val_every` must be non-negative integers.")
+        if cfg.solver.outer_split not in ("train", "val"):
+            raise ConfigError(f"`solver.outer_split` must be train or val; got {cfg.solver.outer_split!r}.")
         self.splits = load_splits(cfg.data, self.base)
-        for name in ("train", "val"):
-            if cfg.trainer.batch > len(self.splits[name]):
-                raise ConfigError(f"`trainer.batch` = {cfg.trainer.batch} exceeds the {len(self.splits[name])} "
-                                  f"{name} images.")
+        self.name = cfg.solver.name
+        self.two_batches = self.name not in ("conventional", "joint")
+        self.outer_part = 1 if self.two_batches and cfg.solver.outer_split == "train" else 0
+        need = {"train": cfg.trainer.batch * (1 + self.outer_part), "val": cfg.trainer.batch}
+        for name, count in need.items():
+            if count > len(self.splits[name]):
+                raise ConfigError(f"`trainer.batch` = {cfg.trainer.batch} needs {count} {name} images per step but "
+                                  f"the {name} split has {len(self.splits[name])}.")
         full = self.splits["test"].shape[-1]
         crop = cfg.tasks.crop
         if crop and not 8 <= crop <= full:
@@ -183,14 +246,12 @@ class Experiment:
         self.tasks = build_tasks(cfg, self.splits, self.base)
         self.train_tasks = build_tasks(cfg, self.splits, self.base, self.crop) if self.crop else self.tasks
         self.num_tasks = len(cfg.tasks.ratios)
-        self.name = cfg.solver.name
         if cfg.solver.adjoint not in ("mlm", "autodiff"):
             raise ConfigError(f"`solver.adjoint` must be autodiff or mlm; got {cfg.solver.adjoint!r}.")
         self.adjoint = MLM() if cfg.solver.adjoint == "mlm" else Autodiff()
-        self.optimizer = optax.adam(cfg.trainer.lr)
         net = build_network(cfg.model, jax.random.key(cfg.trainer.seed))
         self.per_task = self.name == "conventional" and cfg.solver.per_task
-        if self.name in ("penalty", "implicit", "maml", "fomaml"):
+        if self.name in ("penalty", "implicit", "maml", "fomaml", "joint"):
             model = bilevel.TaskWeighted(net, self.num_tasks, adjoint=self.adjoint)
         else:
             model = bilevel.Shared(net, adjoint=self.adjoint)
@@ -202,7 +263,9 @@ class Experiment:
             self.params = jax.tree.map(lambda a: jnp.stack([a] * self.num_tasks), self.params)
         if self.name == "task_weights":
             self.params = bilevel.TaskWeightsParams.uniform(self.params, self.num_tasks, self.num_tasks)
+        self.optimizer = optimizer(cfg.trainer.lr, cfg.trainer.omega_lr, cfg.trainer.lr_schedule, cfg.trainer.steps)
         self.method = self._method()
+        self.map_batch = cfg.trainer.map_batch or None
 
     # ---------------------------------------------------------------- model views
 
@@ -217,9 +280,9 @@ class Experiment:
         model = bilevel.join_task_weights(phi, self.static) if self.name == "penalty" else eqx.combine(phi, self.static)
         return model if phases is None else eqx.tree_at(lambda m: m.net, model, first_phases(model.net, phases))
 
-    def task_model(self, model, task: int):
+    def task_model(self, model, task):
         """The model used for ``task``: ``model`` itself, or its copy ``task`` when each task trains its own
-        network (``solver.per_task``: every float leaf has a leading task axis)."""
+        network (``solver.per_task``: every float leaf has a leading task axis). ``task`` may be traced."""
         if not self.per_task:
             return model
         params, static = eqx.partition(model, eqx.is_inexact_array)
@@ -260,20 +323,28 @@ class Experiment:
         def poison(loss, step):
             return loss * jnp.where(step == nan_at, jnp.nan, 1.0)
 
+        def loss_of(model, batch):
+            return bilevel.supervised_loss(model, batch, batch_size=self.map_batch)
+
         def step(params, state, train_tasks, key, step_index):
             k_train, k_val = jax.random.split(key)
-            train = sample_batches(train_tasks, k_train, "train", cfg.trainer.batch, crop)
-            val = sample_batches(train_tasks, k_val, "val", cfg.trainer.batch, crop)
+            b = cfg.trainer.batch
+            if self.method is None:
+                train = sample_batches(train_tasks, k_train, "train", b, crop)
+            else:
+                train = sample_batches(train_tasks, k_train, "train", b, crop)
+                val = sample_batches(train_tasks, k_train, "train", b, crop, part=1) if self.outer_part else \
+                    sample_batches(train_tasks, k_val, "val", b, crop)
 
             def per_task_loss(batch):
-                return lambda p, a: poison(bilevel.supervised_loss(self.network(p, phases), batch(a)), step_index)
+                return lambda p, a: poison(loss_of(self.network(p, phases), batch(a)), step_index)
 
             if self.method is None:  # conventional training
                 def loss(p):
                     if self.per_task:
-                        per = jax.vmap(lambda q, b: bilevel.supervised_loss(self.network(q, phases), b))(p, train)
+                        per = jax.vmap(lambda q, bt: loss_of(self.network(q, phases), bt))(p, train)
                     else:
-                        per = bilevel.supervised_loss(self.network(p, phases), train)
+                        per = loss_of(self.network(p, phases), train)
                     return poison(jnp.sum(per) if self.per_task else jnp.mean(per), step_index)
 
                 value, grad = jax.value_and_grad(loss)(params)
@@ -292,6 +363,33 @@ class Experiment:
             return params, state, {"loss": jnp.mean(info["outer_loss"]), "inner_loss": jnp.mean(info["inner_loss"])}
 
         return step
+
+    # ---------------------------------------------------------------- validation
+
+    def validation_data(self, seed: int | None = None):
+        """``(operators, x, y)`` of the full validation images of every task, stacked over tasks (fixed noise)."""
+        seed = self.cfg.trainer.seed if seed is None else seed
+        x = self.tasks.val
+        keys = jnp.stack([jax.random.fold_in(jax.random.key(seed + 1), i) for i in range(self.num_tasks)])
+        y = jax.vmap(lambda task, k: task.measure(k, task.val))(self.tasks, keys)  # the keys of evaluation.py
+        return self.tasks.operator, x, y
+
+    def validation_fn(self):
+        """A jitted ``params -> (N,)`` mean validation PSNR per task (dB), images evaluated one at a time."""
+        operators, x, y = self.validation_data()
+
+        def per_task(params):
+            model = self.model(params)
+
+            def task_psnr(args):
+                i, op, xs, ys = args
+                net = self.task_model(model, i)
+                recon = jax.lax.map(lambda v: jnp.abs(net(op, v, i)), ys)
+                return jnp.mean(metrics.psnr(recon, jnp.abs(xs)))
+
+            return jax.lax.map(task_psnr, (jnp.arange(self.num_tasks), operators, x, y))
+
+        return jax.jit(per_task)
 
     # ---------------------------------------------------------------- devices
 

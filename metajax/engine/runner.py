@@ -6,10 +6,16 @@
   ``run_info.json`` (machine, JAX version, devices);
 - ``checkpoints/step_XXXXXXXX.eqx`` every ``trainer.checkpoint_every`` steps
   (atomic; the newest ``trainer.keep_checkpoints`` are kept);
-- ``train_log.jsonl`` (step, losses, images/s, phases), ``curves.png``;
-- ``model.eqx`` (the final model, ``eqx.tree_serialise_leaves``), ``omega.json``
-  (the learned ω and κ = sigmoid(ω) per task, where the model has them) and,
-  for ``task_weights``, ``task_weights.json``.
+- ``train_log.jsonl`` (step, losses, images/s, phases and, every
+  ``trainer.val_every`` steps and at steps 0 and last, ``val_psnr``: the mean
+  PSNR per task on the full validation images), ``curves.png`` (loss and
+  validation PSNR per task);
+- ``best.eqx`` / ``best.json``: the parameters with the best mean validation
+  PSNR so far and their step;
+- ``model.eqx`` (``eqx.tree_serialise_leaves``): the best-on-validation model
+  (``trainer.keep_best``, with validation) or the final one; ``omega.json``
+  (the learned ω and κ per task, where the model has them) and, for
+  ``task_weights``, ``task_weights.json``.
 
 Restarted with the same command after being killed, it resumes from the newest
 checkpoint, prints from which step, and produces a byte-identical
@@ -117,8 +123,31 @@ def train(cfg, run_dir: Path, base: Path | None = None, log=print) -> dict:
     base_key = jax.random.key(cfg.trainer.seed)
     images_per_step = exp.num_tasks * cfg.trainer.batch * (1 if exp.method is None else 2)
     log_path = run_dir / "train_log.jsonl"
+    validate = cfg.trainer.val_every > 0
+    validation = exp.validation_fn() if validate else None
     if start == 0:
         log_path.write_text("")
+        for name in ("best.eqx", "best.json"):
+            (run_dir / name).unlink(missing_ok=True)
+    else:  # the log of the steps before the resume, without those after the checkpoint
+        kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= start]
+        log_path.write_text("".join(line + "\n" for line in kept))
+
+    def validate_at(step_done, params):
+        """Validation PSNR per task after ``step_done`` steps; keeps the best parameters (strict improvement)."""
+        psnr = [float(v) for v in validation(params)]
+        mean = sum(psnr) / len(psnr)
+        best_path = run_dir / "best.json"
+        best = json.loads(best_path.read_text()) if best_path.is_file() else None
+        if best is None or mean > best["psnr"]:
+            checkpoint.write_atomic(run_dir / "best.eqx", jax.device_get(params))
+            checkpoint.write_text_atomic(best_path, json.dumps({"step": step_done, "psnr": mean, "per_task": psnr}))
+        log(f"step {step_done}: validation PSNR " + " / ".join(f"{v:.2f}" for v in psnr) + f" dB (mean {mean:.2f})")
+        return {"step": step_done, "val_psnr": psnr}
+
+    if validate and start == 0:
+        with open(log_path, "a") as f:
+            f.write(json.dumps(validate_at(0, params)) + "\n")
     progress = _progress(cfg, start)
     try:
         for step in range(start, cfg.trainer.steps):
@@ -149,6 +178,8 @@ def train(cfg, run_dir: Path, base: Path | None = None, log=print) -> dict:
             params, state = new_params, new_state
             record = {"step": step + 1, "phases": phases, "seconds": elapsed,
                       "images_per_s": images_per_step / elapsed, **{k: float(v) for k, v in metrics.items()}}
+            if validate and ((step + 1) % cfg.trainer.val_every == 0 or step + 1 == cfg.trainer.steps):
+                record["val_psnr"] = validate_at(step + 1, params)["val_psnr"]
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
             if progress is not None:
@@ -162,14 +193,18 @@ def train(cfg, run_dir: Path, base: Path | None = None, log=print) -> dict:
         if progress is not None:
             progress.close()
     params = jax.device_get(params)
+    best = json.loads((run_dir / "best.json").read_text()) if validate and (run_dir / "best.json").is_file() else None
+    if best is not None and cfg.trainer.keep_best:
+        params = checkpoint.load(run_dir / "best.eqx", params)
+        log(f"model.eqx: the best-on-validation parameters (step {best['step']}, mean PSNR {best['psnr']:.2f} dB)")
     model = exp.model(params)
     checkpoint.write_atomic(run_dir / "model.eqx", model)
     _write_task_parameters(run_dir, exp, model, params)
     records = [json.loads(line) for line in log_path.read_text().splitlines() if line]
-    _curves(run_dir, records)
+    _curves(run_dir, records, list(cfg.tasks.ratios))
     return {"experiment": exp, "params": params, "records": records,
-            "train_seconds": sum(r["seconds"] for r in records), "resumed_from": resumed_from,
-            "compile_seconds": compile_seconds}
+            "train_seconds": sum(r.get("seconds", 0.0) for r in records), "resumed_from": resumed_from,
+            "compile_seconds": compile_seconds, "best": best}
 
 
 def _progress(cfg, start):
@@ -180,33 +215,53 @@ def _progress(cfg, start):
     return tqdm(total=cfg.trainer.steps, initial=start, desc=f"train ({cfg.solver.name})", unit="step")
 
 
+def kappa_of(net, omega):
+    """The task weight κ(ω) of ``net``: its own ``kappa`` (DCNet: 2·sigmoid(ω)) or the LOA's sigmoid(ω)."""
+    return net.kappa(omega) if hasattr(net, "kappa") else jax.nn.sigmoid(omega)
+
+
 def _write_task_parameters(run_dir: Path, exp: Experiment, model, params) -> None:
     omega = getattr(model, "omega", None)
     if omega is not None:
         (run_dir / "omega.json").write_text(json.dumps(
             {"ratios": list(exp.cfg.tasks.ratios), "omega": np.asarray(omega).tolist(),
-             "kappa": np.asarray(jax.nn.sigmoid(omega)).tolist()}, indent=2))
+             "kappa": np.asarray(kappa_of(model.net, omega)).tolist()}, indent=2))
     if exp.name == "task_weights":
         (run_dir / "task_weights.json").write_text(json.dumps(
             {"ratios": list(exp.cfg.tasks.ratios), "weights": np.asarray(params.weights).tolist()}, indent=2))
 
 
-def _curves(run_dir: Path, records: list[dict]) -> None:
-    if not records:
+def _curves(run_dir: Path, records: list[dict], ratios=()) -> None:
+    """Training loss (left) and validation PSNR per task (right, when validated)."""
+    steps = [r for r in records if "loss" in r]
+    validated = [r for r in records if "val_psnr" in r]
+    if not steps:
         return
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, axes = plt.subplots(1, 2 if validated else 1, figsize=(11 if validated else 6, 3.5), squeeze=False)
+    ax = axes[0, 0]
     for key in ("loss", "inner_loss"):
-        if key in records[0]:
-            ax.plot([r["step"] for r in records], [r[key] for r in records], label=key)
+        if key in steps[0]:
+            ax.plot([r["step"] for r in steps], [r[key] for r in steps], label=key, lw=0.8)
     ax.set_yscale("log")
     ax.set_xlabel("step")
+    ax.set_title("training loss (per batch)", fontsize=9)
     ax.legend()
     ax.grid(alpha=0.3)
+    if validated:
+        ax = axes[0, 1]
+        for i in range(len(validated[0]["val_psnr"])):
+            label = f"{ratios[i]:.0%}" if i < len(ratios) else f"task {i}"
+            ax.plot([r["step"] for r in validated], [r["val_psnr"][i] for r in validated], "o-", ms=3, label=label)
+        ax.set_xlabel("step")
+        ax.set_ylabel("PSNR (dB)")
+        ax.set_title("validation PSNR per task (full images)", fontsize=9)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(run_dir / "curves.png", dpi=80)
     plt.close(fig)

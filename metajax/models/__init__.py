@@ -7,6 +7,7 @@ from metajax.models.classical import (
     tv_reconstruction,
     zero_filled,
 )
+from metajax.models.dcnet import DCNet, DCParams, DCPhase, ResidualCNN, data_consistency
 from metajax.models.loa import LOA, LOAParams, LOAPhase, ResidualInitial, ZeroFilled, branch_counts
 from metajax.models.pdnet import PDNet, PDNetParams, pdnet_phase
 from metajax.models.regularizers import FeatureCNN, smoothed_l21
@@ -17,6 +18,11 @@ __all__ = [
     "operator_norm",
     "tv_reconstruction",
     "zero_filled",
+    "DCNet",
+    "DCParams",
+    "DCPhase",
+    "ResidualCNN",
+    "data_consistency",
     "LOA",
     "LOAParams",
     "LOAPhase",
