@@ -26,3 +26,12 @@ def test_torchopt_peer_meta_gradients_agree_with_metajax():
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "metajax vs TorchOpt" in result.stdout
+
+
+def test_pytorch_dcnet_peer_agrees_with_metajax():
+    """benchmarks/peers/dcnet_torch.py --smoke: the same DCNet in PyTorch has the same float64 loss and gradient."""
+    pytest.importorskip("torch", reason="PyTorch is the optional `bench` extra (pip install -e '.[bench]')")
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peers" / "dcnet_torch.py"), "--smoke"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "metajax vs PyTorch: relative difference" in result.stdout

@@ -32,6 +32,7 @@ def test_train_evaluate_baselines_adapt_end_to_end(tmp_path):
     rows = json.loads((train_dir / "metrics.json").read_text())["rows"]
     assert [r["ratio"] for r in rows] == [0.2, 0.4] and all(r["psnr"] > 10 for r in rows)
     assert "loa (penalty)" in result.stdout
+    assert "step 0: validation PSNR" in result.stdout
 
     evaluated = tmp_path / "evaluate"
     run("evaluate", "preset=ci", f"model_dir={train_dir}", f"hydra.run.dir={evaluated}")
@@ -145,20 +146,137 @@ def test_two_devices_give_the_same_parameters_as_one(tmp_path):
 
 
 def test_presets_compose_with_the_chosen_groups():
-    """A preset never overrides the data a user selects; `paper` selects chest data, shared masks, the paper LOA."""
+    """A preset never overrides the data a user selects; the default data is the embedded chest set."""
     from hydra import compose, initialize
 
     from metajax.engine.config import register
 
     register()
     with initialize(version_base=None):
-        quick_chest = compose("run", overrides=["data=chest", "tasks=shared_radial"])
-        assert (quick_chest.data.size, list(quick_chest.data.test)) == (256, [85, 100])
-        assert quick_chest.tasks.crop == 48 and quick_chest.eval.baselines
+        quick = compose("run")
+        assert (quick.data.source, quick.data.size, list(quick.data.test)) == ("chest", 256, [85, 100])
+        assert (quick.tasks.mask, quick.tasks.crop, quick.model.name, quick.solver.name) == (
+            "pseudo_radial", 0, "dcnet", "penalty")
+        assert quick.eval.baselines and quick.eval.pretrained == "chest_dcnet" and quick.trainer.val_every > 0
         paper = compose("run", overrides=["preset=paper"])
         assert (paper.data.source, paper.tasks.mask, paper.model.name, paper.model.phases) == (
-            "fastmri", "file", "loa_paper", 11)
-        assert paper.trainer.stair and paper.trainer.lr == 1e-3
-        assert compose("run", overrides=["preset=paper", "data=default"]).data.source == "default"
+            "chest", "pseudo_radial", "loa_paper", 11)
+        assert paper.trainer.stair and paper.trainer.lr == 1e-3 and paper.solver.outer_split == "val"
+        assert compose("run", overrides=["preset=paper", "data=template"]).data.source == "template"
         ci = compose("run", overrides=["preset=ci"])
-        assert ci.trainer.steps == 6 and ci.data.size == 32
+        assert ci.trainer.steps == 6 and ci.data.size == 32 and ci.data.source == "template"
+        assert compose("run", overrides=["preset=ci", "data=default", "tasks=pseudo_radial"]).data.source == "chest"
+        long = compose("run", overrides=["preset=long"])
+        assert (long.solver.name, long.data.source, long.trainer.lr_schedule) == ("joint", "chest", "cosine")
+
+
+def test_validation_is_logged_the_best_model_kept_and_the_baseline_table_reproducible(tmp_path):
+    tables = []
+    for name in ("a", "b"):
+        run("train", "preset=ci", "eval.baselines=true", "eval.figure=false", f"hydra.run.dir={tmp_path / name}")
+        result = json.loads((tmp_path / name / "metrics.json").read_text())
+        tables.append([(r["method"], r["ratio"], r["psnr"], r["ssim"]) for r in result["rows"]])
+    assert tables[0] == tables[1]  # the same command prints the same table (no timing in "same compute")
+    assert {m for m, *_ in tables[0]} == {"zero-filled", "TV", "conventional", "loa (penalty)"}
+    assert (result["conventional_steps"], result["conventional_batch"]) == (6, 2)
+    records = [json.loads(line) for line in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
+    validated = [r for r in records if "val_psnr" in r]
+    assert [r["step"] for r in validated] == [0, 3, 6] and all(len(r["val_psnr"]) == 2 for r in validated)
+    best = json.loads((tmp_path / "a" / "best.json").read_text())
+    mean = {r["step"]: sum(r["val_psnr"]) / 2 for r in validated}
+    assert best["step"] == max(mean, key=mean.get) and best["psnr"] == pytest.approx(max(mean.values()))
+
+
+def test_dcnet_validation_psnr_at_step_zero_is_the_zero_filled_psnr():
+    import jax.numpy as jnp
+    import numpy as np
+    from hydra import compose, initialize
+
+    from metajax import metrics
+    from metajax.engine.config import register
+    from metajax.engine.evaluation import measurements
+
+    register()
+    with initialize(version_base=None):
+        cfg = compose("run", overrides=["preset=ci", "model=dcnet", "model.features=4", "model.layers=3"])
+    exp = Experiment(cfg, ROOT)
+    got = np.asarray(exp.validation_fn()(exp.params))
+    zero_filled = [float(jnp.mean(metrics.psnr(jnp.abs(op.adjoint(y)), jnp.abs(x))))
+                   for op, x, y in measurements(exp.tasks, "val", cfg.trainer.seed)]
+    np.testing.assert_allclose(got, zero_filled, atol=1e-3)
+
+
+from metajax.engine.experiment import Experiment  # noqa: E402
+
+
+def _pretrained_name():
+    from metajax import pretrained
+
+    names = pretrained.available()
+    if not names:
+        pytest.skip("no pretrained model shipped")
+    return names[0]
+
+
+def test_evaluate_and_adapt_a_pretrained_model_on_other_data(tmp_path):
+    name = _pretrained_name()
+    overrides = ["preset=ci", "data=template", "data.size=64", "tasks=radial", "tasks.ratios=[0.15,0.35]",
+                 "eval.figure=false"]
+    run("evaluate", *overrides, f"model_dir=pretrained:{name}", f"hydra.run.dir={tmp_path / 'e'}")
+    rows = json.loads((tmp_path / "e" / "metrics.json").read_text())["rows"]
+    assert [(r["method"], r["ratio"], r["images"]) for r in rows] == [(f"pretrained:{name}", 0.15, 2),
+                                                                      (f"pretrained:{name}", 0.35, 2)]
+    result = run("adapt", *overrides, f"adapt.model_dir=pretrained:{name}", "adapt.images=2", "adapt.steps=2",
+                 f"hydra.run.dir={tmp_path / 'a'}")
+    assert "adapt task 2/2 (ratio 0.35): step 2/2" in result.stdout
+    methods = [r["method"] for r in json.loads((tmp_path / "a" / "metrics.json").read_text())["rows"]]
+    assert methods == ["before adaptation"] * 2 + ["adapted (omega, supervised)"] * 2
+    bad = run("evaluate", "preset=ci", "model_dir=pretrained:nope", f"hydra.run.dir={tmp_path / 'x'}", check=False)
+    assert bad.returncode != 0 and "no pretrained model 'nope'" in bad.stderr
+
+
+def test_reconstruct_a_users_kspace_and_reject_mismatches_before_work(tmp_path):
+    import h5py
+    import numpy as np
+
+    from metajax import data, metrics
+    from metajax.operators import fft2c
+
+    name = _pretrained_name()
+    images = data.chest_images()[85:87]
+    mask = data.pseudo_radial_mask(0.2)
+    scan = tmp_path / "scan.h5"
+    with h5py.File(scan, "w") as f:  # fully sampled, 3× the training scale: undersampled and rescaled for the model
+        f["kspace"] = np.asarray(fft2c(3.0 * images.astype(np.complex64)))
+        f["mask"] = mask.astype(np.uint8)
+    out = tmp_path / "out"
+    result = run_script("metajax.engine.reconstruct", f"input={scan}", f"model=pretrained:{name}",
+                        f"hydra.run.dir={out}")
+    assert "undersampled retrospectively" in result.stdout and "slices 1–2 of 2" in result.stdout
+    with h5py.File(out / "reconstruction.h5", "r") as f:
+        recon, zero_filled = f["reconstruction"][()], f["zero_filled"][()]
+    assert recon.shape == zero_filled.shape == (2, 256, 256) and (out / "slice_001.png").is_file()
+    truth = 3.0 * images
+    gain = np.asarray(metrics.psnr(recon, truth)) - np.asarray(metrics.psnr(zero_filled, truth))
+    assert np.all(gain > 2.0), gain
+    with h5py.File(tmp_path / "multicoil.h5", "w") as f:
+        f["kspace"] = np.zeros((1, 4, 8, 8), np.complex64)
+    with h5py.File(tmp_path / "masks.h5", "w") as f:
+        f["m"] = np.ones((16, 16), np.uint8)
+    for args, message in (([f"input={tmp_path / 'multicoil.h5'}"], "multi-coil"),
+                          ([f"input={scan}", f"mask_file={tmp_path / 'masks.h5'}"], "does not match"),
+                          ([f"input={tmp_path / 'none.h5'}"], "does not exist"),
+                          ([f"input={scan}", "model=pretrained:nope"], "no pretrained model")):
+        bad = run_script("metajax.engine.reconstruct", *args, f"hydra.run.dir={tmp_path / 'bad'}", check=False)
+        assert bad.returncode != 0 and message in bad.stderr, bad.stderr[-2000:]
+        assert not (tmp_path / "bad" / "reconstruction.h5").exists()
+
+
+def run_script(module: str, *overrides, check=True):
+    code = f"import sys; from {module} import reconstruct_main; sys.argv = ['metajax-reconstruct', *sys.argv[1:]]; " \
+           "reconstruct_main()"
+    result = subprocess.run([sys.executable, "-c", code, *overrides], capture_output=True, text=True, timeout=900,
+                            cwd=ROOT)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result

@@ -23,6 +23,7 @@ from metajax.bilevel.linear_solve import conjugate_gradient, neumann_series
 from metajax.bilevel.losses import TaskBatch, group_losses, measurement_loss, sample_batch, supervised_loss
 from metajax.bilevel.maml import MAML
 from metajax.bilevel.parameters import (
+    RatioWeighted,
     Shared,
     TaskWeighted,
     join_task_weights,
@@ -54,6 +55,7 @@ __all__ = [
     "supervised_loss",
     "measurement_loss",
     "group_losses",
+    "RatioWeighted",
     "Shared",
     "TaskWeighted",
     "split_task_weights",

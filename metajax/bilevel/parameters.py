@@ -9,6 +9,9 @@ network:
 - :class:`Shared` — ``net(operator, y)`` for every task: no task weight. For the
   LOA this is κ = 1, so conventional (non-meta) training and the baselines train
   the identical network; PDNet (no task weight) is always used this way.
+- :class:`RatioWeighted` — a trained :class:`TaskWeighted` model for *any*
+  sampling ratio: ω is interpolated between the trained tasks' ratios from the
+  operator's own mask (what pretrained models and evaluation on new tasks use).
 
 :func:`split_task_weights` is the filter-based split a solver needs: the float
 leaves of the model become ``(θ, ω)`` — ω the :class:`TaskWeighted` weights,
@@ -73,6 +76,58 @@ class Shared(eqx.Module):
 
     def __call__(self, operator, y, task=None):
         return _call(self.net, operator, y, None, self.adjoint)
+
+
+class RatioWeighted(eqx.Module):
+    """``x̂ = net(operator, y, ω(r))``: the task weight chosen from the sampling ratio r of ``operator.mask``.
+
+    ω(r) interpolates the trained pairs (r_i, ω_i) linearly (``jnp.interp``) and
+    is constant beyond the smallest and largest trained ratio, so a mask between
+    two trained ratios gets a weight between theirs and a trained ratio gets its
+    own weight exactly. Works under ``jit`` and ``vmap`` (r is computed from the
+    mask, traced or not). The ``task`` argument of the meta-model signature is
+    ignored.
+
+    Args:
+        net: the network of a :class:`TaskWeighted` model.
+        ratios: the trained tasks' sampling ratios (N,), any order, distinct.
+        omega: their trained weights (N,).
+        adjoint: passed to ``net`` as ``adjoint=`` when given.
+    """
+
+    net: eqx.Module
+    omega: jax.Array
+    ratios: tuple[float, ...] = eqx.field(static=True)
+    adjoint: Adjoint | None = None
+
+    def __init__(self, net, ratios, omega, adjoint: Adjoint | None = None):
+        ratios = tuple(float(r) for r in ratios)
+        omega = jnp.asarray(omega)
+        if omega.shape != (len(ratios),) or len(ratios) == 0:
+            raise ValueError(f"`omega` must have one weight per ratio, shape ({len(ratios)},); got {omega.shape}.")
+        if len(set(ratios)) != len(ratios) or not all(0 < r <= 1 for r in ratios):
+            raise ValueError(f"`ratios` must be distinct sampling ratios in (0, 1]; got {list(ratios)}.")
+        order = sorted(range(len(ratios)), key=ratios.__getitem__)
+        self.net = net
+        self.ratios = tuple(ratios[i] for i in order)
+        self.omega = omega[jnp.asarray(order)]
+        self.adjoint = adjoint
+
+    @classmethod
+    def from_task_weighted(cls, model: TaskWeighted, ratios) -> RatioWeighted:
+        """The :class:`TaskWeighted` ``model`` whose task i was trained at sampling ratio ``ratios[i]``."""
+        return cls(model.net, ratios, model.omega, model.adjoint)
+
+    def omega_for(self, operator) -> jax.Array:
+        """ω(r) for the operator's sampling ratio r (the fraction of ones in ``operator.mask``)."""
+        mask = getattr(operator, "mask", None)
+        if mask is None:
+            raise TypeError(f"RatioWeighted needs an operator with a sampling `mask`; got {type(operator).__name__}.")
+        ratio = jnp.mean(jnp.asarray(mask, self.omega.dtype))
+        return jnp.interp(ratio, jnp.asarray(self.ratios, self.omega.dtype), self.omega)
+
+    def __call__(self, operator, y, task=None):
+        return _call(self.net, operator, y, self.omega_for(operator), self.adjoint)
 
 
 def task_weight_filter(model):

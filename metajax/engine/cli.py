@@ -5,17 +5,27 @@ into the Hydra run directory (``hydra.run.dir=DIR``) and prints a table:
 
 - train: meta-trains (any solver; ``solver=conventional`` for plain training),
   then evaluates on the test split (``eval.baselines=true`` adds zero-filled,
-  TV with λ tuned on validation, and conventional training given the same
-  wall-clock budget); writes ``metrics.json``, ``results.md``, ``results.csv``,
+  TV with λ tuned on validation, and conventional training of the same network
+  for the same number of steps on the same images per step, see
+  :func:`conventional_config`; ``eval.pretrained=NAME`` adds a shipped model);
+  writes ``metrics.json``, ``results.md``, ``results.csv``,
   ``reconstructions.png`` besides what the training loop writes.
-- evaluate: a trained ``model_dir`` on its tasks' test split.
+- evaluate: ``model_dir=DIR`` (a trained run) or ``model_dir=pretrained:NAME``
+  on the test split of the model's own data and tasks — or of the data and
+  tasks given on the command line (``data=…``, ``data.path=…``, ``tasks=…``,
+  ``tasks.ratios=…`` replace the model's): the task weight of a model with
+  task weights is chosen from each task's sampling ratio
+  (:class:`~metajax.bilevel.RatioWeighted`).
 - baselines: zero-filled, TV and conventional training for the configured tasks.
-- adapt: a trained ``adapt.model_dir`` on the configured (new) tasks: fit only
-  ω with θ frozen (``adapt.mode=omega``) or fine-tune θ (``adapt.mode=finetune``,
-  ``adapt.loss=supervised|measurement``) on ``adapt.images`` training images.
+- adapt: ``adapt.model_dir`` (a run or ``pretrained:NAME``) on the configured
+  (new) tasks: fit only ω with θ frozen (``adapt.mode=omega``) or fine-tune θ
+  (``adapt.mode=finetune``, ``adapt.loss=supervised|measurement``) on
+  ``adapt.images`` training images, printing progress.
 
-In a ``-m`` sweep every run also rewrites ``sweep_results.md`` in the sweep
-directory: one table with a row per (run, method, task).
+``metajax-reconstruct`` (a user's k-space → images) is in
+:mod:`metajax.engine.reconstruct`. In a ``-m`` sweep every run also rewrites
+``sweep_results.md`` in the sweep directory: one table with a row per (run,
+method, task).
 """
 
 from __future__ import annotations
@@ -29,17 +39,17 @@ from pathlib import Path
 import equinox as eqx
 import hydra
 import jax
-import jax.numpy as jnp
 import optax
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from metajax import bilevel
+from metajax import bilevel, pretrained
 from metajax.engine import evaluation
 from metajax.engine.config import SOLVERS, register
 from metajax.engine.experiment import ConfigError, Experiment
-from metajax.engine.runner import TrainingError, load_trained, machine_info, train
+from metajax.engine.models import ModelSource, load_model_source
+from metajax.engine.runner import TrainingError, machine_info, train
 
 register()
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # not Hydra's INFO: "Unable to initialize TPU"
@@ -93,7 +103,8 @@ def _baseline_methods(cfg, exp: Experiment, out_dir: Path, meta_seconds: float |
     """Zero-filled, TV (λ tuned per task on validation) and conventional training of the same network."""
     print(f"tuning TV on the validation split ({len(cfg.eval.tv_weights)} weights × {exp.num_tasks} tasks) ...",
           flush=True)
-    weights = evaluation.tune_tv(exp.tasks, cfg.trainer.seed, list(cfg.eval.tv_weights), cfg.eval.tv_iterations)
+    weights = evaluation.tune_tv(exp.tasks, cfg.trainer.seed, list(cfg.eval.tv_weights), cfg.eval.tv_iterations,
+                                 cfg.eval.tv_tune_images, log=_log)
     methods = {"zero-filled": evaluation.zero_filled_method,
                "TV": evaluation.tv_method(weights, cfg.eval.tv_iterations)}
     conv_cfg = conventional_config(cfg)
@@ -109,6 +120,18 @@ def _baseline_methods(cfg, exp: Experiment, out_dir: Path, meta_seconds: float |
                      "meta_train_seconds": meta_seconds, "conventional_train_seconds": result["train_seconds"]}
 
 
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _pretrained_method(cfg) -> dict:
+    """``{"pretrained:NAME": method}`` when ``eval.pretrained`` names a shipped model (checked before any work)."""
+    if not cfg.eval.pretrained:
+        return {}
+    model, _ = pretrained.load(cfg.eval.pretrained)
+    return {f"pretrained:{cfg.eval.pretrained}": evaluation.network_method(lambda i: model, lambda i: 0)}
+
+
 def _fail(error: Exception) -> None:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
@@ -118,8 +141,9 @@ def _fail(error: Exception) -> None:
 def train_main(cfg) -> None:
     out_dir = _out_dir()
     try:
+        shipped = _pretrained_method(cfg)
         result = train(cfg, out_dir, _base())
-    except (ConfigError, FileNotFoundError, TrainingError) as error:
+    except (ConfigError, FileNotFoundError, TrainingError, ValueError) as error:
         _fail(error)
     exp, params = result["experiment"], result["params"]
     model = exp.model(params)
@@ -133,22 +157,53 @@ def train_main(cfg) -> None:
         baselines, info = _baseline_methods(cfg, exp, out_dir, result["train_seconds"])
         methods = {**baselines, **methods}
         extra.update(info)
-    rows, images = evaluation.evaluate(methods, exp.tasks, cfg.tasks.ratios, cfg.eval.split, cfg.trainer.seed)
+    methods.update(shipped)
+    rows, images = evaluation.evaluate(methods, exp.tasks, cfg.tasks.ratios, cfg.eval.split, cfg.trainer.seed,
+                                       log=_log)
     _report(out_dir, rows, images, cfg.tasks.ratios, cfg,
             f"{cfg.eval.split} split, {len(exp.splits[cfg.eval.split])} images per task; mean ± std", extra)
+
+
+def _user_overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def overridden_groups(overrides) -> set[str]:
+    """Which of ``data`` / ``tasks`` the command line sets (``data=…``, ``data.path=…``, ``+tasks.x=…``)."""
+    names = {o.lstrip("+~").split("=")[0].split(".")[0] for o in overrides}
+    return names & {"data", "tasks"}
+
+
+def evaluation_config(cfg, trained_cfg, overrides):
+    """The trained run's config with the command line's ``data`` / ``tasks`` (if given) and ``eval`` in its place:
+    a model trained on one data set evaluated on another."""
+    replace = {group: cfg[group] for group in overridden_groups(overrides)}
+    return OmegaConf.merge(trained_cfg, {**replace, "eval": cfg.eval})
+
+
+def _model_method(source: ModelSource, exp: Experiment):
+    """The evaluation method of a loaded model on ``exp``'s tasks: its ω chosen from each task's sampling ratio."""
+    if source.per_task is not None:  # one trained network per task: only on the tasks it was trained for
+        if list(exp.cfg.tasks.ratios) != list(source.ratios):
+            raise ConfigError(f"{source.label} trained one network per task for ratios {list(source.ratios)}; it "
+                              f"cannot reconstruct tasks.ratios = {list(exp.cfg.tasks.ratios)}.")
+        return evaluation.network_method(lambda i: source.per_task(i))
+    return evaluation.network_method(lambda i: source.model, lambda i: 0)
 
 
 @hydra.main(version_base=None, config_name="run")
 def evaluate_main(cfg) -> None:
     if cfg.model_dir is None:
-        _fail(ConfigError("`model_dir` must name a trained run directory (model_dir=outputs/...)."))
+        _fail(ConfigError("`model_dir` must name a trained run directory or pretrained:NAME "
+                          "(model_dir=outputs/... or model_dir=pretrained:chest_dcnet)."))
     try:
-        exp, model = load_trained(Path(cfg.model_dir), _base())
-    except (ConfigError, FileNotFoundError) as error:
+        source = load_model_source(cfg.model_dir, _base())
+        exp = Experiment(evaluation_config(cfg, source.config, _user_overrides()), _base())
+        methods = {source.label: _model_method(source, exp), **_pretrained_method(cfg)}
+    except (ConfigError, FileNotFoundError, ValueError) as error:
         _fail(error)
-    methods = {f"{exp.cfg.model.name} ({exp.cfg.solver.name})": evaluation.network_method(
-        lambda i: exp.task_model(model, i))}
-    rows, images = evaluation.evaluate(methods, exp.tasks, exp.cfg.tasks.ratios, cfg.eval.split, exp.cfg.trainer.seed)
+    rows, images = evaluation.evaluate(methods, exp.tasks, exp.cfg.tasks.ratios, cfg.eval.split,
+                                       exp.cfg.trainer.seed, log=_log)
     _report(_out_dir(), rows, images, exp.cfg.tasks.ratios, cfg, f"{cfg.model_dir}, {cfg.eval.split} split")
 
 
@@ -157,41 +212,64 @@ def baselines_main(cfg) -> None:
     out_dir = _out_dir()
     try:
         exp = Experiment(cfg, _base())
+        shipped = _pretrained_method(cfg)
         methods, extra = _baseline_methods(cfg, exp, out_dir, None)
-    except (ConfigError, FileNotFoundError, TrainingError) as error:
+    except (ConfigError, FileNotFoundError, TrainingError, ValueError) as error:
         _fail(error)
-    rows, images = evaluation.evaluate(methods, exp.tasks, cfg.tasks.ratios, cfg.eval.split, cfg.trainer.seed)
+    rows, images = evaluation.evaluate({**methods, **shipped}, exp.tasks, cfg.tasks.ratios, cfg.eval.split,
+                                       cfg.trainer.seed, log=_log)
     _report(out_dir, rows, images, cfg.tasks.ratios, cfg, f"baselines, {cfg.eval.split} split", extra)
 
 
-def adapt_model(cfg, trained_exp: Experiment, model, new_exp: Experiment):
-    """The trained model adapted to ``new_exp``'s tasks (see the module docstring); one model per task."""
+def adapt_model(cfg, source: ModelSource, new_exp: Experiment):
+    """The loaded model adapted to each of ``new_exp``'s tasks (see the module docstring); one model per task.
+
+    Each task starts from the model with ω chosen from that task's sampling ratio (the model before
+    adaptation) and runs ``adapt.steps`` Adam steps on ``adapt.images`` of its training images, printing
+    progress."""
     a = cfg.adapt
     if a.mode not in ("omega", "finetune") or a.loss not in ("supervised", "measurement"):
         raise ConfigError(f"`adapt.mode` must be omega or finetune and `adapt.loss` supervised or measurement; got "
                           f"{a.mode!r}, {a.loss!r}.")
-    if a.images > len(new_exp.splits["train"]):
-        raise ConfigError(f"`adapt.images` = {a.images} exceeds the {len(new_exp.splits['train'])} training images.")
-    net = trained_exp.task_model(model, 0).net
-    omega0 = jnp.mean(model.omega) if isinstance(model, bilevel.TaskWeighted) else None
-    if a.mode == "omega" and omega0 is None:
-        raise ConfigError("`adapt.mode=omega` needs a model with task weights ω (solver penalty, implicit, maml).")
+    if not 1 <= a.images <= len(new_exp.splits["train"]):
+        raise ConfigError(f"`adapt.images` must be in [1, {len(new_exp.splits['train'])}] (the training images of "
+                          f"the new tasks); got {a.images}.")
+    if a.steps < 1:
+        raise ConfigError(f"`adapt.steps` must be a positive integer; got {a.steps}.")
+    if source.per_task is not None:
+        raise ConfigError(f"{source.label} holds one network per task (solver.per_task); adapt a joint model.")
+    if a.mode == "omega" and not isinstance(source.model, bilevel.RatioWeighted):
+        raise ConfigError("`adapt.mode=omega` needs a model with task weights ω (solvers penalty, implicit, maml, "
+                          "fomaml, joint, or a pretrained model).")
     loss_fn = bilevel.supervised_loss if a.loss == "supervised" else bilevel.measurement_loss
+    batch_size = new_exp.map_batch
     adapted = []
     for i in range(new_exp.num_tasks):
         task = jax.tree.map(lambda t: t[i], new_exp.tasks)
         x = task.train[: a.images]
         batch = bilevel.TaskBatch(task.operator, x, task.measure(jax.random.key(cfg.trainer.seed + 7), x), 0)
-        start = bilevel.TaskWeighted(net, 1, omega=omega0) if omega0 is not None else bilevel.Shared(net)
+        start = source.model
+        if isinstance(start, bilevel.RatioWeighted):
+            start = bilevel.TaskWeighted(start.net, 1, omega=start.omega_for(task.operator))
         theta, static = eqx.partition(start, eqx.is_inexact_array)
         if a.mode == "omega":  # θ frozen: only ω is a parameter
             theta, static = eqx.partition(start, lambda leaf: leaf is start.omega)
+        optimizer = optax.adam(a.lr)
 
-        def loss(p, b):
-            return loss_fn(eqx.combine(p, static), b)
+        @jax.jit
+        def step(p, opt_state, b):
+            value, grad = jax.value_and_grad(lambda q: loss_fn(eqx.combine(q, static), b, batch_size=batch_size))(p)
+            updates, opt_state = optimizer.update(grad, opt_state, p)
+            return optax.apply_updates(p, updates), opt_state, value
 
-        phi, _ = jax.jit(lambda p, b: bilevel.adapt(loss, optax.adam(a.lr), p, a.steps, b))(theta, batch)
-        adapted.append(eqx.combine(phi, static))
+        opt_state = optimizer.init(theta)
+        tic = time.perf_counter()
+        for k in range(a.steps):
+            theta, opt_state, value = step(theta, opt_state, batch)
+            if k == 0 or (k + 1) % max(1, a.steps // 10) == 0 or k + 1 == a.steps:
+                print(f"adapt task {i + 1}/{new_exp.num_tasks} (ratio {new_exp.cfg.tasks.ratios[i]:.2f}): step "
+                      f"{k + 1}/{a.steps}, loss {float(value):.4e}, {time.perf_counter() - tic:.0f} s", flush=True)
+        adapted.append(eqx.combine(theta, static))
     return adapted
 
 
@@ -199,16 +277,15 @@ def adapt_model(cfg, trained_exp: Experiment, model, new_exp: Experiment):
 def adapt_main(cfg) -> None:
     out_dir = _out_dir()
     try:
-        trained_exp, model = load_trained(Path(cfg.adapt.model_dir), _base())
-        new_exp = Experiment(OmegaConf.merge(cfg, {"model": trained_exp.cfg.model}), _base())
-        adapted = adapt_model(cfg, trained_exp, model, new_exp)
-    except (ConfigError, FileNotFoundError) as error:
+        source = load_model_source(cfg.adapt.model_dir, _base())
+        new_exp = Experiment(OmegaConf.merge(cfg, {"model": source.config.model}), _base())
+        if source.per_task is None:
+            before = _model_method(source, new_exp)
+        adapted = adapt_model(cfg, source, new_exp)
+    except (ConfigError, FileNotFoundError, ValueError) as error:
         _fail(error)
-    before = trained_exp.task_model(model, 0)
-    if isinstance(before, bilevel.TaskWeighted):  # before adaptation: the mean trained ω for every new task
-        before = bilevel.TaskWeighted(before.net, 1, omega=jnp.mean(before.omega))
     first = lambda i: 0  # noqa: E731 (each adapted model has one task)
-    methods = {"before adaptation": evaluation.network_method(lambda i: before, first),
+    methods = {"before adaptation": before,
                f"adapted ({cfg.adapt.mode}, {cfg.adapt.loss})": evaluation.network_method(lambda i: adapted[i], first)}
     rows, images = evaluation.evaluate(methods, new_exp.tasks, cfg.tasks.ratios, cfg.eval.split, cfg.trainer.seed)
     _report(out_dir, rows, images, cfg.tasks.ratios, cfg,

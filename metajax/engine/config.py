@@ -106,8 +106,10 @@ class TrainerConfig:
 class EvalConfig:
     split: str = "test"
     baselines: bool = False  # also zero-filled, TV (λ tuned on validation) and conventional training
-    tv_weights: List[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])
-    tv_iterations: int = 200
+    tv_weights: List[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2])
+    tv_iterations: int = 300
+    tv_tune_images: int = 0  # validation images per task used to pick λ (0: all)
+    pretrained: Optional[str] = None  # also evaluate this shipped model (metajax.pretrained), e.g. chest_dcnet
     figure: bool = True
     figure_image: int = 0
 
@@ -164,7 +166,8 @@ PRESETS = {
         "model": {"phases": 4, "features": 16, "layers": 5},
         "trainer": {"steps": 60, "batch": 1, "lr": 1e-3, "lr_schedule": "cosine", "map_batch": 1,
                     "checkpoint_every": 20, "val_every": 20},
-        "eval": {"baselines": True, "tv_iterations": 300},
+        "eval": {"baselines": True, "tv_weights": [3e-4, 1e-3, 3e-3], "tv_tune_images": 5,
+                 "pretrained": "chest_dcnet"},
     },
     "long": {  # the shipped pretrained model (tools/make_pretrained.py): ≤ 90 CPU minutes on 2 cores
         "defaults": [{"override /solver": "joint"}],

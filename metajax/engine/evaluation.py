@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from pathlib import Path
 
 import jax
@@ -59,13 +60,18 @@ def zero_filled_method(i, operator, y):
     return zero_filled(operator, y)
 
 
-def tune_tv(tasks, seed: int, weights, iterations: int) -> list[float]:
-    """Per task, the TV weight λ with the best mean PSNR on the validation split."""
+def tune_tv(tasks, seed: int, weights, iterations: int, images: int = 0, log=None) -> list[float]:
+    """Per task, the TV weight λ with the best mean PSNR on the validation split (its first ``images``; 0: all)."""
     best = []
-    for operator, x, y in measurements(tasks, "val", seed):
+    for i, (operator, x, y) in enumerate(measurements(tasks, "val", seed)):
+        if images:
+            x, y = x[:images], y[:images]
         scores = {w: float(jnp.mean(metrics.psnr(jnp.abs(tv_reconstruction(operator, y, w, iterations)), jnp.abs(x))))
                   for w in weights}
         best.append(max(scores, key=scores.get))
+        if log is not None:
+            log(f"TV task {i}: λ = {best[-1]:g} (validation PSNR " + ", ".join(
+                f"{w:g}: {v:.2f}" for w, v in scores.items()) + ")")
     return best
 
 
@@ -73,7 +79,7 @@ def tv_method(weights, iterations: int):
     return lambda i, operator, y: tv_reconstruction(operator, y, weights[i], iterations)
 
 
-def evaluate(methods: dict, tasks, ratios, split: str, seed: int):
+def evaluate(methods: dict, tasks, ratios, split: str, seed: int, log=None):
     """``(rows, images)``: a row per (method, task) with mean ± std metrics; ``images[method][task]`` the first
     reconstruction (magnitude), plus ``images["truth"]`` and ``images["mask"]``."""
     rows, images = [], {"truth": [], "mask": []}
@@ -84,6 +90,7 @@ def evaluate(methods: dict, tasks, ratios, split: str, seed: int):
     for name, reconstruct in methods.items():
         images[name] = []
         for i, (operator, x, y) in enumerate(data):
+            tic = time.perf_counter()
             recon = jnp.abs(reconstruct(i, operator, y))
             truth = jnp.abs(x)
             scores = {"psnr": metrics.psnr(recon, truth), "ssim": metrics.ssim(recon, truth),
@@ -94,6 +101,9 @@ def evaluate(methods: dict, tasks, ratios, split: str, seed: int):
                 row[k], row[f"{k}_std"] = float(v.mean()), float(v.std())
             rows.append(row)
             images[name].append(np.asarray(recon[0]))
+            if log is not None:
+                log(f"evaluated {name} at ratio {row['ratio']:.2f}: {row['psnr']:.2f} dB "
+                    f"({time.perf_counter() - tic:.1f} s)")
     return rows, images
 
 

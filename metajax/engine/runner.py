@@ -33,7 +33,6 @@ import platform
 import time
 from pathlib import Path
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -265,15 +264,3 @@ def _curves(run_dir: Path, records: list[dict], ratios=()) -> None:
     fig.tight_layout()
     fig.savefig(run_dir / "curves.png", dpi=80)
     plt.close(fig)
-
-
-def load_trained(run_dir: Path, base: Path | None = None):
-    """``(experiment, model)`` of a finished run directory (its ``config.yaml`` and ``model.eqx``)."""
-    run_dir = Path(run_dir)
-    for name in ("config.yaml", "model.eqx"):
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"`model_dir`: {str(run_dir / name)!r} does not exist; train a model first.")
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    exp = Experiment(cfg, base)
-    like = exp.model(exp.params)
-    return exp, eqx.tree_deserialise_leaves(run_dir / "model.eqx", like)

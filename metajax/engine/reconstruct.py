@@ -1,0 +1,182 @@
+"""``metajax-reconstruct``: reconstruct a user's undersampled single-coil k-space with a trained or pretrained model.
+
+    metajax-reconstruct input=scan.h5                              # fastMRI layout with its own `mask`
+    metajax-reconstruct input=scan.h5 mask_file=masks.h5 mask_name=radial_20 model=pretrained:chest_dcnet
+    metajax-reconstruct input=scan.h5 mask_file=masks.h5 model=outputs/DATE/TIME 'slices=[0,8]'
+
+``input`` is an HDF5 file in fastMRI single-coil layout: ``kspace`` (S, H, W)
+complex in centred layout (``fft2c`` of the image), optionally a ``mask``
+dataset — fastMRI's (W,) column mask or an (H, W) mask. ``mask_file`` (with
+``mask_name`` when it holds several) overrides it. k-space entries outside the
+mask are set to zero (a fully sampled file is thus undersampled
+retrospectively, and the output says so).
+
+Scaling: the models were trained on images with maximum 1, so each slice's
+measurements are divided by ``s`` = the maximum of its zero-filled magnitude
+(``scale=0``, the default) or by the given ``scale``, reconstructed, and
+multiplied by ``s`` again: the output keeps the input's units.
+
+Writes into the Hydra run directory (``hydra.run.dir=DIR``):
+``reconstruction.h5`` with ``reconstruction`` (S, H, W) float32 magnitude,
+``reconstruction_complex`` (S, H, W) complex64, ``zero_filled`` (S, H, W)
+float32, ``mask`` (H, W) uint8 and attributes (model, input, sampling ratio,
+scales); and ``slice_XXX.png`` (zero-filled | model) per slice unless
+``png=false``. Every check (file, keys, shapes, mask, model) runs before any
+reconstruction; progress is printed per chunk of slices.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import h5py
+import hydra
+import jax
+import jax.numpy as jnp
+import numpy as np
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import MISSING
+
+from metajax import masks as mask_io
+from metajax._validation import as_binary_mask
+from metajax.engine.experiment import ConfigError, resolve_path
+from metajax.engine.models import load_model_source
+from metajax.operators import SingleCoilMRI
+
+CHUNK = 4
+
+
+@dataclass
+class ReconstructConfig:
+    input: str = MISSING  # HDF5, fastMRI single-coil layout (kspace (S, H, W), optional mask)
+    model: str = "pretrained:chest_dcnet"  # a trained run directory or pretrained:NAME
+    mask_file: Optional[str] = None  # HDF5 of 2-D masks (centred layout); overrides the input's own `mask`
+    mask_name: Optional[str] = None  # the dataset in mask_file (needed when it holds several masks)
+    slices: Optional[List[int]] = None  # [start, stop) of the slices to reconstruct (default: all)
+    scale: float = 0.0  # divide y by this before the model (0: each slice's zero-filled maximum)
+    png: bool = True
+
+
+ConfigStore.instance().store(name="reconstruct", node=ReconstructConfig)
+
+
+def load_inputs(cfg, base: Path | None):
+    """``(kspace (S, H, W) complex64, mask (H, W) bool, notes)``, every check done, nothing reconstructed yet."""
+    path = resolve_path(cfg.input, base)
+    if not path.is_file():
+        raise FileNotFoundError(f"`input`: {str(path)!r} does not exist.")
+    notes = []
+    with h5py.File(path, "r") as f:
+        if "kspace" not in f:
+            raise KeyError(f"`input`: {path.name} has no `kspace` dataset; keys: {sorted(f.keys())}.")
+        ds = f["kspace"]
+        if ds.ndim == 4:
+            raise ValueError(f"`input`: kspace {ds.shape} is multi-coil (slices, coils, H, W); the models "
+                             "reconstruct single-coil k-space (S, H, W) — combine the coils first.")
+        if ds.ndim not in (2, 3) or not np.issubdtype(ds.dtype, np.complexfloating):
+            raise ValueError(f"`input`: kspace must be complex (S, H, W) or (H, W); got {ds.shape} {ds.dtype}.")
+        count = 1 if ds.ndim == 2 else ds.shape[0]
+        start, stop = (0, count) if cfg.slices is None else tuple(cfg.slices)
+        if cfg.slices is not None and (len(cfg.slices) != 2 or not 0 <= start < stop <= count):
+            raise ValueError(f"`slices` must be [start, stop) within the {count} slices; got {list(cfg.slices)}.")
+        kspace = np.asarray(ds[()] if ds.ndim == 2 else ds[start:stop], np.complex64).reshape(-1, *ds.shape[-2:])
+        own_mask = np.asarray(f["mask"][()]) if "mask" in f else None
+    shape = kspace.shape[-2:]
+    if not np.all(np.isfinite(kspace)):
+        raise ValueError(f"`input`: kspace of {path.name} holds NaN or Inf values.")
+    if cfg.mask_file is not None:
+        mask_path = resolve_path(cfg.mask_file, base)
+        available = mask_io.load_masks(mask_path)
+        if cfg.mask_name is None and len(available) > 1:
+            raise ValueError(f"`mask_name`: {mask_path.name} holds several masks {sorted(available)}; name one.")
+        if cfg.mask_name is not None and cfg.mask_name not in available:
+            raise KeyError(f"`mask_name`: no mask {cfg.mask_name!r} in {mask_path.name}; available {sorted(available)}.")
+        mask = available[cfg.mask_name] if cfg.mask_name is not None else next(iter(available.values()))
+    elif own_mask is not None:
+        mask = own_mask
+        if mask.ndim == 1:  # fastMRI: one flag per phase-encoding column (the last axis)
+            if mask.shape[0] != shape[1]:
+                raise ValueError(f"`input`: its (W,) column mask has {mask.shape[0]} entries but kspace is {shape}.")
+            mask = np.broadcast_to(mask[None, :], shape)
+            notes.append("column mask of the input file")
+    else:
+        raise ValueError(f"`input`: {path.name} has no `mask` dataset; give mask_file=… (and mask_name=…).")
+    mask = np.asarray(as_binary_mask("mask", np.asarray(mask)))
+    if mask.shape != shape:
+        raise ValueError(f"mask shape {mask.shape} does not match the k-space images {shape}.")
+    outside = np.abs(kspace[:, ~mask]).max() if (~mask).any() else 0.0
+    if outside > 0:
+        notes.append("k-space outside the mask was non-zero: undersampled retrospectively with the mask")
+    return np.where(mask, kspace, 0).astype(np.complex64), mask, notes
+
+
+def reconstruct(model, kspace: np.ndarray, mask: np.ndarray, scale: float = 0.0, log=print):
+    """``(reconstruction (S, H, W) complex64, zero_filled (S, H, W) float32, scales (S,))`` of ``kspace``."""
+    operator = SingleCoilMRI(jnp.asarray(mask))
+    y = jnp.asarray(kspace)
+    zero_filled = np.abs(np.asarray(jax.vmap(operator.adjoint)(y)))
+    scales = zero_filled.max(axis=(1, 2)) if scale == 0 else np.full(len(kspace), scale, np.float32)
+    if scale < 0 or np.any(scales <= 0):
+        raise ValueError("`scale`: slices with an all-zero zero-filled image cannot be scaled (give scale=…); "
+                         f"got scale={scale}.")
+    fn = jax.jit(lambda m, ys: jax.vmap(lambda v: m(operator, v, 0))(ys))
+    parts, tic = [], time.perf_counter()
+    for s in range(0, len(y), CHUNK):
+        chunk = y[s:s + CHUNK] / jnp.asarray(scales[s:s + CHUNK], jnp.float32)[:, None, None]
+        padded = jnp.concatenate([chunk, jnp.zeros((CHUNK - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+        parts.append(np.asarray(fn(model, padded))[: len(chunk)] * scales[s:s + CHUNK, None, None])
+        log(f"reconstructed slices {s + 1}–{s + len(chunk)} of {len(y)} ({time.perf_counter() - tic:.1f} s)")
+    return np.concatenate(parts).astype(np.complex64), zero_filled.astype(np.float32), scales
+
+
+def _png(path: Path, zero_filled: np.ndarray, recon: np.ndarray, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    peak = max(float(recon.max()), 1e-12)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.2))
+    for ax, image, name in zip(axes, (zero_filled, recon), ("zero-filled", title)):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=peak)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+@hydra.main(version_base=None, config_name="reconstruct")
+def reconstruct_main(cfg) -> None:
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    base = Path(hydra.utils.get_original_cwd())
+    try:
+        kspace, mask, notes = load_inputs(cfg, base)
+        source = load_model_source(cfg.model, base)
+        if source.per_task is not None:
+            raise ConfigError(f"{source.label} holds one network per trained task; use a joint or pretrained model.")
+    except (ConfigError, FileNotFoundError, KeyError, ValueError, TypeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    ratio = float(mask.mean())
+    print(f"{len(kspace)} slice(s) of {kspace.shape[1]}×{kspace.shape[2]}, sampling ratio {ratio:.3f}, model "
+          f"{source.label}" + "".join(f"; {n}" for n in notes), flush=True)
+    recon, zero_filled, scales = reconstruct(source.model, kspace, mask, cfg.scale, log=lambda m: print(m, flush=True))
+    magnitude = np.abs(recon).astype(np.float32)
+    with h5py.File(out_dir / "reconstruction.h5", "w") as f:
+        f["reconstruction"] = magnitude
+        f["reconstruction_complex"] = recon
+        f["zero_filled"] = zero_filled
+        f["mask"] = mask.astype(np.uint8)
+        f["scale"] = scales.astype(np.float32)
+        f.attrs.update({"model": source.label, "input": str(cfg.input), "sampling_ratio": ratio,
+                        "notes": "; ".join(notes)})
+    if cfg.png:
+        for i in range(len(recon)):
+            _png(out_dir / f"slice_{i:03d}.png", zero_filled[i], magnitude[i], source.label)
+    print(f"wrote {out_dir / 'reconstruction.h5'}" + (f" and {len(recon)} PNG(s)" if cfg.png else ""))
