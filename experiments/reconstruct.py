@@ -35,10 +35,12 @@ from metajax.operators import SingleCoilMRI  # noqa: E402
 def load_images(cfg: DictConfig) -> np.ndarray:
     if cfg.source == "default":
         return data.default_images(cfg.num_slices, cfg.size)
+    if cfg.source == "chest":
+        return data.chest_images()[slice(*cfg.slices)]
     if cfg.source == "fastmri":
         path = Path(hydra.utils.to_absolute_path(cfg.path))
         return data.load_fastmri(path, slices=slice(*cfg.slices)).target
-    raise ValueError(f"`data.source` must be 'default' or 'fastmri'; got {cfg.source!r}.")
+    raise ValueError(f"`data.source` must be 'default', 'chest' or 'fastmri'; got {cfg.source!r}.")
 
 
 def make_mask(kind: str, key, shape, ratio: float):

@@ -237,3 +237,24 @@ def test_task_bad_input(mri_task):
         data.Task(Denoising(), jnp.ones((2, 4, 4)), jnp.ones((1, 4, 4)), jnp.ones((1, 4, 4)), noise_std=-1.0)
     with pytest.raises(TypeError, match=r"`operator` must be a metajax LinearOperator"):
         data.Task(lambda x: x, jnp.ones((2, 4, 4)), jnp.ones((1, 4, 4)), jnp.ones((1, 4, 4)))
+
+
+def test_embedded_chest_images_and_masks(shared_file):
+    images = data.chest_images()
+    assert images.shape == (100, 256, 256) and images.dtype == np.float32
+    np.testing.assert_array_equal(images.max(axis=(1, 2)), 1.0)
+    found = data.chest_masks()
+    assert sorted(found) == [f"radial_{r}" for r in (10, 20, 30, 40, 50)]
+    for ratio in (0.1, 0.2, 0.3, 0.4, 0.5):
+        mask = data.pseudo_radial_mask(ratio)
+        assert mask.shape == (256, 256) and mask.dtype == bool and abs(mask.mean() - ratio) < 0.003
+        assert mask[128, 128]  # DC sampled, centred layout
+    with pytest.raises(ValueError, match="ratio"):
+        data.pseudo_radial_mask(0.25)
+    with h5py.File(shared_file("chest100_singlecoil.h5"), "r") as f:  # bit for bit the shared copy
+        np.testing.assert_array_equal(images, f["reconstruction_esc"][()])
+        np.testing.assert_allclose(np.asarray(fft2c(images[:2].astype(np.complex64))), f["kspace"][:2],
+                                   atol=2e-5)
+    with h5py.File(shared_file("radial_masks.h5"), "r") as f:
+        for name, mask in found.items():
+            np.testing.assert_array_equal(mask, f[name][()].astype(bool))

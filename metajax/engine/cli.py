@@ -92,11 +92,13 @@ def _sweep_table(out_dir: Path) -> None:
 def conventional_config(cfg):
     """The conventional baseline of a run: the same network trained on the plain supervised loss (κ = 1) for the
     same number of steps on the same number of images per step — a meta-solver's step sees two batches
-    (support and query), so the baseline's batch is twice ``trainer.batch`` — the same lr, seed and validation.
-    Reproducible: it depends on the config only (not on timings)."""
-    batch = cfg.trainer.batch * (1 if cfg.solver.name == "conventional" else 2)
-    return OmegaConf.merge(cfg, {"solver": OmegaConf.structured(SOLVERS["conventional"]),
-                                 "trainer": {"batch": batch, "checkpoint_every": cfg.trainer.steps}})
+    (support and query), so the baseline's batch is twice ``trainer.batch`` — the same lr, seed and validation;
+    one network per task with ``eval.conventional_per_task`` (Bian et al.'s baseline). Reproducible: it depends
+    on the config only (not on timings)."""
+    batch = cfg.trainer.batch * (1 if cfg.solver.name in ("conventional", "joint") else 2)
+    solver = OmegaConf.merge(OmegaConf.structured(SOLVERS["conventional"]),
+                             {"per_task": cfg.eval.conventional_per_task})
+    return OmegaConf.merge(cfg, {"solver": solver, "trainer": {"batch": batch, "checkpoint_every": cfg.trainer.steps}})
 
 
 def _baseline_methods(cfg, exp: Experiment, out_dir: Path, meta_seconds: float | None):
@@ -113,7 +115,8 @@ def _baseline_methods(cfg, exp: Experiment, out_dir: Path, meta_seconds: float |
     result = train(conv_cfg, out_dir / "conventional", exp.base)
     conv = result["experiment"]
     trained = conv.model(result["params"])
-    methods["conventional"] = evaluation.network_method(lambda i: conv.task_model(trained, i))
+    name = "conventional (per task)" if conv_cfg.solver.per_task else "conventional"
+    methods[name] = evaluation.network_method(lambda i: conv.task_model(trained, i))
     return methods, {"tv_weights": weights, "conventional_steps": conv_cfg.trainer.steps,
                      "conventional_batch": conv_cfg.trainer.batch,
                      "meta_steps": None if meta_seconds is None else cfg.trainer.steps,

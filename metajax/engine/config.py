@@ -106,6 +106,7 @@ class TrainerConfig:
 class EvalConfig:
     split: str = "test"
     baselines: bool = False  # also zero-filled, TV (λ tuned on validation) and conventional training
+    conventional_per_task: bool = False  # the conventional baseline trains one network per task (Bian et al.'s)
     tv_weights: List[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2])
     tv_iterations: int = 300
     tv_tune_images: int = 0  # validation images per task used to pick λ (0: all)

@@ -9,8 +9,9 @@ training split (``solver.outer_split=train``: support and query batches are
 disjoint), or images of the validation split (``outer_split=val``, as Bian et
 al.; with 15 validation images θ then learns mostly from those). Crops: cut a random
 ``tasks.crop`` × ``tasks.crop`` window from each when ``crop > 0`` (the
-training operators then use masks of the crop size, drawn with the same key),
-and measure them with that task's operator. Batches depend only on
+training operators then use generated masks of the crop size, drawn with the
+same key; file and pseudo-radial masks exist at one size only, so they train on
+full images and a crop is refused), and measure them with that task's operator. Batches depend only on
 ``(seed, step)``, so a resumed run sees exactly the batches an uninterrupted
 one would.
 
@@ -118,8 +119,8 @@ def make_mask(cfg_tasks, index: int, ratio: float, shape, seed: int, base: Path 
     kind = cfg_tasks.mask
     if kind == "pseudo_radial":
         if tuple(shape) != (256, 256):
-            raise ConfigError(f"`tasks.mask=pseudo_radial`: the embedded masks are 256×256 but the images are "
-                              f"{tuple(shape)}; use tasks=radial or 256² images (full images: tasks.crop=0).")
+            raise ConfigError(f"`tasks.mask=pseudo_radial`: the embedded masks are 256×256 but the images (or training "
+                              f"crops) are {tuple(shape)}; use tasks=radial or full 256² images (tasks.crop=0).")
         try:
             return jnp.asarray(data.pseudo_radial_mask(ratio))
         except ValueError as error:
@@ -127,11 +128,10 @@ def make_mask(cfg_tasks, index: int, ratio: float, shape, seed: int, base: Path 
     if kind == "file":
         name = f"{cfg_tasks.mask_prefix}{round(100 * ratio)}"
         mask = masks.load_mask(resolve_path(cfg_tasks.mask_file, base), name)
-        if mask.shape == tuple(shape):
-            return jnp.asarray(mask)
-        # Training crops: a centre crop of the k-space mask would sample far more than `ratio`; a radial mask
-        # of the crop size with the same ratio stands in for it.
-        return masks.radial(key, shape, ratio)
+        if mask.shape != tuple(shape):  # a crop of a k-space mask is another sampling pattern (and ratio)
+            raise ConfigError(f"`tasks.mask_file`: mask {name!r} is {mask.shape} but the images (or training crops) "
+                              f"are {tuple(shape)}; file masks need full images of their size (tasks.crop=0).")
+        return jnp.asarray(mask)
     if kind == "equispaced":
         return masks.equispaced(shape, ratio)
     if kind in ("radial", "cartesian", "variable_density"):
