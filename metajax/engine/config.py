@@ -166,7 +166,7 @@ PRESETS = {
     "quick": {  # the README main job: DCNet meta-trained on the chest images, ≤ 10 CPU minutes with baselines
         "model": {"phases": 4, "features": 16, "layers": 5},
         "trainer": {"steps": 60, "batch": 1, "lr": 1e-3, "lr_schedule": "cosine", "map_batch": 1,
-                    "checkpoint_every": 20, "val_every": 20},
+                    "checkpoint_every": 20, "val_every": 30},
         "eval": {"baselines": True, "tv_weights": [3e-4, 1e-3, 3e-3], "tv_tune_images": 5,
                  "pretrained": "chest_dcnet"},
     },
