@@ -225,7 +225,8 @@ def baselines_main(cfg) -> None:
 
 
 def adapt_model(cfg, source: ModelSource, new_exp: Experiment):
-    """The loaded model adapted to each of ``new_exp``'s tasks (see the module docstring); one model per task.
+    """``(models, seconds)``: the loaded model adapted to each of ``new_exp``'s tasks (see the module
+    docstring), one model per task, and each task's adaptation time (its steps, compilation excluded).
 
     Each task starts from the model with ω chosen from that task's sampling ratio (the model before
     adaptation) and runs ``adapt.steps`` Adam steps on ``adapt.images`` of its training images, printing
@@ -246,7 +247,7 @@ def adapt_model(cfg, source: ModelSource, new_exp: Experiment):
                           "fomaml, joint, or a pretrained model).")
     loss_fn = bilevel.supervised_loss if a.loss == "supervised" else bilevel.measurement_loss
     batch_size = new_exp.map_batch
-    adapted = []
+    adapted, seconds = [], []
     for i in range(new_exp.num_tasks):
         task = jax.tree.map(lambda t: t[i], new_exp.tasks)
         x = task.train[: a.images]
@@ -259,21 +260,23 @@ def adapt_model(cfg, source: ModelSource, new_exp: Experiment):
             theta, static = eqx.partition(start, lambda leaf: leaf is start.omega)
         optimizer = optax.adam(a.lr)
 
-        @jax.jit
         def step(p, opt_state, b):
             value, grad = jax.value_and_grad(lambda q: loss_fn(eqx.combine(q, static), b, batch_size=batch_size))(p)
             updates, opt_state = optimizer.update(grad, opt_state, p)
             return optax.apply_updates(p, updates), opt_state, value
 
         opt_state = optimizer.init(theta)
+        step = jax.jit(step).lower(theta, opt_state, batch).compile()
         tic = time.perf_counter()
         for k in range(a.steps):
             theta, opt_state, value = step(theta, opt_state, batch)
             if k == 0 or (k + 1) % max(1, a.steps // 10) == 0 or k + 1 == a.steps:
                 print(f"adapt task {i + 1}/{new_exp.num_tasks} (ratio {new_exp.cfg.tasks.ratios[i]:.2f}): step "
                       f"{k + 1}/{a.steps}, loss {float(value):.4e}, {time.perf_counter() - tic:.0f} s", flush=True)
+        jax.block_until_ready(theta)
+        seconds.append(time.perf_counter() - tic)
         adapted.append(eqx.combine(theta, static))
-    return adapted
+    return adapted, seconds
 
 
 @hydra.main(version_base=None, config_name="adapt")
@@ -284,7 +287,7 @@ def adapt_main(cfg) -> None:
         new_exp = Experiment(OmegaConf.merge(cfg, {"model": source.config.model}), _base())
         if source.per_task is None:
             before = _model_method(source, new_exp)
-        adapted = adapt_model(cfg, source, new_exp)
+        adapted, seconds = adapt_model(cfg, source, new_exp)
     except (ConfigError, FileNotFoundError, ValueError) as error:
         _fail(error)
     first = lambda i: 0  # noqa: E731 (each adapted model has one task)
@@ -292,4 +295,5 @@ def adapt_main(cfg) -> None:
                f"adapted ({cfg.adapt.mode}, {cfg.adapt.loss})": evaluation.network_method(lambda i: adapted[i], first)}
     rows, images = evaluation.evaluate(methods, new_exp.tasks, cfg.tasks.ratios, cfg.eval.split, cfg.trainer.seed)
     _report(out_dir, rows, images, cfg.tasks.ratios, cfg,
-            f"{cfg.adapt.model_dir} adapted on {cfg.adapt.images} images, {cfg.adapt.steps} steps")
+            f"{cfg.adapt.model_dir} adapted on {cfg.adapt.images} images, {cfg.adapt.steps} steps",
+            {"adapt_seconds": seconds})
