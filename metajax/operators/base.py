@@ -35,3 +35,27 @@ class LinearOperator(eqx.Module):
         Noise is added as ``A x + restrict(n)`` so unsampled k-space stays exactly zero.
         """
         return y
+
+
+class Scaled(LinearOperator):
+    """``(s A) x = s · A x`` for a real ``scale`` s: rescales an operator's norm without changing what it measures
+    (e.g. ``Scaled(Downsampling(2), 2)`` has ‖A‖ = 1 and ``A^H y`` = nearest-neighbour upsampling)."""
+
+    operator: LinearOperator
+    scale: float = eqx.field(static=True)
+
+    def __init__(self, operator: LinearOperator, scale: float):
+        if not isinstance(operator, LinearOperator):
+            raise TypeError(f"`operator` must be a metajax LinearOperator; got {type(operator).__name__}.")
+        if not (isinstance(scale, (int, float)) and float(scale) > 0):
+            raise ValueError(f"`scale` must be a positive real number; got {scale!r}.")
+        self.operator, self.scale = operator, float(scale)
+
+    def __call__(self, x):
+        return self.scale * self.operator(x)
+
+    def adjoint(self, y):
+        return self.scale * self.operator.adjoint(y)
+
+    def restrict(self, y):
+        return self.operator.restrict(y)
