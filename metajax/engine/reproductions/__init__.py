@@ -51,10 +51,7 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="reproduce", node=ReproduceConfig)
     for name in EXPERIMENTS:
-        try:
-            experiment = module(name)
-        except ModuleNotFoundError:
-            continue
+        experiment = module(name)
         cpu = OmegaConf.structured(experiment.Config)
         cs.store(group="experiment", name=name, node=cpu)
         cs.store(group="experiment", name=f"{name}_paper", node=OmegaConf.merge(cpu, experiment.PAPER_SIZE))

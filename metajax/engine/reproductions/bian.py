@@ -38,8 +38,13 @@ from metajax.engine import evaluation
 from metajax.engine.cli import adapt_model, conventional_config
 from metajax.engine.experiment import Experiment
 from metajax.engine.models import load_model_source
-from metajax.engine.reproductions.common import (Stopwatch, engine_config, metric_table, pyplot, ratio_list,
-                                                 write_results)
+from metajax.engine.reproductions.common import (
+    engine_config,
+    metric_table,
+    pyplot,
+    ratio_list,
+    write_results,
+)
 from metajax.engine.runner import kappa_of, train
 
 PAPER = {"seen": 1.5, "unseen_radial": 1.22, "unseen_cartesian": 1.87}  # dB over conventional training
@@ -161,7 +166,7 @@ def _sweep(c: Config, out: Path, base_dir, log):
         run = train(cfg, out / "sweep" / solver, base_dir, log=log)
         exp = run["experiment"]
         model = exp.model(run["params"])
-        method = {f"{c.sweep_model} ({solver})": evaluation.network_method(lambda i: model)}
+        method = {f"{c.sweep_model} ({solver})": evaluation.network_method(lambda i, m=model: m)}
         new, _ = evaluation.evaluate(method, exp.tasks, c.seen, "test", cfg.trainer.seed, log=log)
         kappa = _kappa(model) if hasattr(model, "omega") else None
         for r in new:

@@ -31,7 +31,13 @@ from metajax import bilevel, metrics
 from metajax.adjoint import MLM, Autodiff
 from metajax.bilevel.inner import adapt
 from metajax.engine.experiment import Experiment, sample_batches
-from metajax.engine.reproductions.common import Stopwatch, engine_config, pyplot, ratio_list, write_results
+from metajax.engine.reproductions.common import (
+    Stopwatch,
+    engine_config,
+    pyplot,
+    ratio_list,
+    write_results,
+)
 
 
 @dataclass
@@ -140,12 +146,12 @@ def _compare(c, params, static, train_exp, val_tasks, names, log):
     uniform = inner(jnp.full(len(c.train_ratios), 1.0 / len(c.train_ratios)))
     rows = []
     for j, name in enumerate(names):
-        task = jax.tree.map(lambda a: a[j], val_tasks)
+        task = jax.tree.map(lambda a, j=j: a[j], val_tasks)
         y = task.measure(jax.random.fold_in(jax.random.key(c.seed + 1), j), task.test)
         row = {"task": name}
         for label, phi in (("θ₀", params.init), ("θ(uniform)", uniform), ("θ(α_j)", inner(params.weights[:, j]))):
             net = eqx.combine(phi, static)
-            recon = jax.jit(jax.vmap(lambda v: net(task.operator, v)))(y)
+            recon = jax.jit(jax.vmap(lambda v, net=net: net(task.operator, v)))(y)
             row[label] = float(jnp.mean(metrics.psnr(jnp.abs(recon), jnp.abs(task.test))))
         rows.append(row)
         log(f"{name}: θ₀ {row['θ₀']:.2f}, uniform {row['θ(uniform)']:.2f}, α_j {row['θ(α_j)']:.2f} dB")

@@ -43,7 +43,15 @@ from omegaconf import OmegaConf
 from metajax import bilevel, data, masks, metrics
 from metajax.engine.reproductions.common import Stopwatch, pyplot, write_results
 from metajax.models import PDNet, tv_reconstruction
-from metajax.operators import Blur, Denoising, Downsampling, Inpainting, Scaled, SingleCoilMRI, gaussian_kernel
+from metajax.operators import (
+    Blur,
+    Denoising,
+    Downsampling,
+    Inpainting,
+    Scaled,
+    SingleCoilMRI,
+    gaussian_kernel,
+)
 
 
 @dataclass
