@@ -107,12 +107,18 @@ def evaluate(methods: dict, tasks, ratios, split: str, seed: int, log=None):
     return rows, images
 
 
-def markdown(rows, title: str = "") -> str:
-    lines = ([title, ""] if title else []) + [
-        "| method | ratio | PSNR (dB) | SSIM | NMSE |", "|---|---|---|---|---|"]
+def markdown(rows, title: str = "", extra=()) -> str:
+    """A markdown table of :func:`evaluate`'s rows; the task column shows a row's ``label`` where rows have one
+    (else its ratio), and ``extra`` adds columns ``(header, key, format)`` (blank where a row lacks the key)."""
+    labelled = any("label" in r for r in rows)
+    header = ["method", "task" if labelled else "ratio", "PSNR (dB)", "SSIM", "NMSE", *(h for h, _, _ in extra)]
+    lines = ([title, ""] if title else []) + ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['ratio']:.2f} | {r['psnr']:.2f} ± {r['psnr_std']:.2f} "
-                     f"| {r['ssim']:.4f} ± {r['ssim_std']:.4f} | {r['nmse']:.5f} ± {r['nmse_std']:.5f} |")
+        cells = [r["method"], r["label"] if labelled else f"{r['ratio']:.2f}",
+                 f"{r['psnr']:.2f} ± {r['psnr_std']:.2f}", f"{r['ssim']:.4f} ± {r['ssim_std']:.4f}",
+                 f"{r['nmse']:.5f} ± {r['nmse_std']:.5f}"]
+        cells += ["" if r.get(key) is None else format(r[key], fmt) for _, key, fmt in extra]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

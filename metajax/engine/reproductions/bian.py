@@ -40,7 +40,6 @@ from metajax.engine.experiment import Experiment
 from metajax.engine.models import load_model_source
 from metajax.engine.reproductions.common import (
     engine_config,
-    metric_table,
     pyplot,
     ratio_list,
     write_results,
@@ -113,7 +112,7 @@ def _seen(c: Config, model: str, out: Path, base_dir, log):
             r.update(kappa=float(kappa[r["task"]]), train_seconds=meta["train_seconds"])
         elif r["method"].startswith("conventional"):
             r.update(train_seconds=conv["train_seconds"])
-    return rows, meta_cfg
+    return rows
 
 
 def _unseen(c: Config, model: str, kind: str, ratios, out: Path, base_dir, log):
@@ -218,12 +217,11 @@ def report(c: Config, rows, out: Path) -> str:
                              ("unseen_cartesian", "unseen Cartesian masks")):
             sel = [r for r in rows if r["model"] == model and r["group"] == group]
             if sel:
-                sections.append((f"{model}: {title}", metric_table(sel, extra=EXTRA)))
+                sections.append((f"{model}: {title}", evaluation.markdown(sel, extra=EXTRA)))
     sweep = [r for r in rows if r["group"] == "sweep"]
     if sweep:
-        sections.append((f"Solver sweep ({c.sweep_model}, seen ratios)", metric_table(sweep, extra=EXTRA)))
-    text = write_results(out, "Bian et al. protocol", sections, {"rows": rows, "gains": g,
-                                                                 "config": OmegaConf.to_container(c)})
+        sections.append((f"Solver sweep ({c.sweep_model}, seen ratios)", evaluation.markdown(sweep, extra=EXTRA)))
+    text = write_results(out, "Bian et al. protocol", sections, {"rows": rows, "gains": g}, c)
     _summary_figure(rows, out / "summary.png")
     return text
 
@@ -255,8 +253,7 @@ def run(c: Config, out: Path, base_dir=None, log=print) -> str:
     rows = []
     for model in c.models:
         log(f"== {model}: meta-training on radial {c.seen} and conventional training per ratio")
-        seen_rows, _ = _seen(c, model, out / model, base_dir, log)
-        rows += seen_rows
+        rows += _seen(c, model, out / model, base_dir, log)
         for kind, ratios in (("radial", c.unseen_radial), ("cartesian", c.unseen_cartesian)):
             if ratios:
                 log(f"== {model}: ω-only adaptation to unseen {kind} {list(ratios)}")

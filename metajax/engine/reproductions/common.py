@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from metajax.engine.config import register
 from metajax.engine.runner import machine_info
@@ -40,28 +41,13 @@ class Stopwatch:
         self.seconds = time.perf_counter() - self.tic
 
 
-def metric_table(rows, columns=("psnr", "ssim", "nmse"), extra=()) -> str:
-    """A markdown table of evaluation rows (``evaluation.evaluate``'s) with optional extra columns
-    ``(header, key, format)``."""
-    names = {"psnr": "PSNR (dB)", "ssim": "SSIM", "nmse": "NMSE"}
-    header = ["method", "task"] + [names[c] for c in columns] + [h for h, _, _ in extra]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    digits = {"psnr": 2, "ssim": 4, "nmse": 5}
-    for r in rows:
-        cells = [r["method"], r.get("label", f"{r['ratio']:.2f}")]
-        cells += [f"{r[c]:.{digits[c]}f} ± {r[c + '_std']:.{digits[c]}f}" for c in columns]
-        cells += ["" if r.get(key) is None else format(r[key], fmt) for _, key, fmt in extra]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_results(out_dir: Path, title: str, sections: list[tuple[str, str]], data: dict) -> str:
-    """``results.md`` (the title and the ``(heading, markdown)`` sections) and ``results.json`` (``data`` with the
-    machine); returns the markdown."""
+def write_results(out_dir: Path, title: str, sections: list[tuple[str, str]], data: dict, config) -> str:
+    """``results.md`` (the title and the ``(heading, markdown)`` sections) and ``results.json`` (``data``, the
+    experiment's ``config`` — a config node or dataclass — and the machine); returns the markdown."""
     text = f"# {title}\n\n" + "\n".join(f"## {heading}\n\n{body}" for heading, body in sections)
     (out_dir / "results.md").write_text(text)
-    (out_dir / "results.json").write_text(json.dumps({**data, "machine": machine_info()}, indent=2,
-                                                      default=_jsonable))
+    record = {**data, "config": OmegaConf.to_container(OmegaConf.create(config)), "machine": machine_info()}
+    (out_dir / "results.json").write_text(json.dumps(record, indent=2, default=_jsonable))
     return text
 
 

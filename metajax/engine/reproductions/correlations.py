@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from omegaconf import OmegaConf
 
 from metajax import bilevel, metrics
 from metajax.adjoint import MLM, Autodiff
@@ -176,8 +175,7 @@ def _report(c, weights, names, rows, memory, seconds, out: Path) -> str:
                 ("Memory of the task-weights meta step", "\n".join(mem) + "\n")]
     return write_results(out, "Arora & Batra: learned task correlations", sections,
                          {"weights": weights, "validation_tasks": names, "train_ratios": list(c.train_ratios),
-                          "rows": rows, "memory_mib": memory, "train_seconds": seconds,
-                          "config": OmegaConf.to_container(c) if OmegaConf.is_config(c) else vars(c)})
+                          "rows": rows, "memory_mib": memory, "train_seconds": seconds}, c)
 
 
 def _figures(c, weights, names, curve, out: Path) -> None:

@@ -36,7 +36,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from omegaconf import OmegaConf
 
 from metajax import bilevel
 from metajax.engine.reproductions.common import pyplot, write_results
@@ -240,8 +239,7 @@ def _report(c, names, rows, kernel_rows, out: Path) -> str:
                f"meta steps (Adam {c.outer_lr}), fine-tuning {c.finetune_steps} steps; float64.\n")
     sections.insert(0, ("Setting", setting))
     return write_results(out, "Meta-Prior: the linear Gaussian case", sections,
-                         {"rows": rows, "kernel": kernel_rows, "config": OmegaConf.to_container(OmegaConf.create(c))
-                          if not OmegaConf.is_config(c) else OmegaConf.to_container(c)})
+                         {"rows": rows, "kernel": kernel_rows}, c)
 
 
 def _figure(c, names, masks, bayes, weights, path: Path) -> None:

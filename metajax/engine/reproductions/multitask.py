@@ -38,7 +38,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from omegaconf import OmegaConf
 
 from metajax import bilevel, data, masks, metrics
 from metajax.engine.reproductions.common import Stopwatch, pyplot, write_results
@@ -303,8 +302,7 @@ def _report(c, rows, meta_seconds, out: Path) -> str:
                                        "\n".join(vlines) + "\n"),
                 ("Test PSNR against fine-tuning steps", "\n".join(lines) + "\n")]
     return write_results(out, "Meta-Prior: multi-task restoration", sections,
-                         {"rows": rows, "verdict": verdict, "meta_seconds": meta_seconds,
-                          "config": OmegaConf.to_container(c) if OmegaConf.is_config(c) else vars(c)})
+                         {"rows": rows, "verdict": verdict, "meta_seconds": meta_seconds}, c)
 
 
 def _figures(c, curves, meta_curve, out: Path) -> None:
