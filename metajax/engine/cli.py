@@ -30,10 +30,12 @@ method, task).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import equinox as eqx
@@ -45,7 +47,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from metajax import bilevel, pretrained
-from metajax.engine import evaluation
+from metajax.engine import distributed, evaluation
 from metajax.engine.config import SOLVERS, register
 from metajax.engine.experiment import ConfigError, Experiment
 from metajax.engine.models import ModelSource, load_model_source
@@ -64,6 +66,8 @@ def _base() -> Path:
 
 
 def _report(out_dir: Path, rows, images, ratios, cfg, title: str, extra: dict | None = None) -> None:
+    if not distributed.is_writer():
+        return
     table = evaluation.markdown(rows, title)
     (out_dir / "results.md").write_text(table)
     (out_dir / "results.csv").write_text(evaluation.to_csv(rows))
@@ -103,15 +107,14 @@ def conventional_config(cfg):
 
 def _baseline_methods(cfg, exp: Experiment, out_dir: Path, meta_seconds: float | None):
     """Zero-filled, TV (λ tuned per task on validation) and conventional training of the same network."""
-    print(f"tuning TV on the validation split ({len(cfg.eval.tv_weights)} weights × {exp.num_tasks} tasks) ...",
-          flush=True)
+    _log(f"tuning TV on the validation split ({len(cfg.eval.tv_weights)} weights × {exp.num_tasks} tasks) ...")
     weights = evaluation.tune_tv(exp.tasks, cfg.trainer.seed, list(cfg.eval.tv_weights), cfg.eval.tv_iterations,
                                  cfg.eval.tv_tune_images, log=_log)
     methods = {"zero-filled": evaluation.zero_filled_method,
                "TV": evaluation.tv_method(weights, cfg.eval.tv_iterations)}
     conv_cfg = conventional_config(cfg)
-    print(f"conventional training: {conv_cfg.trainer.steps} steps, {conv_cfg.trainer.batch} images per task and "
-          "step ...", flush=True)
+    _log(f"conventional training: {conv_cfg.trainer.steps} steps, {conv_cfg.trainer.batch} images per task and "
+         "step ...")
     result = train(conv_cfg, out_dir / "conventional", exp.base)
     conv = result["experiment"]
     trained = conv.model(result["params"])
@@ -124,7 +127,8 @@ def _baseline_methods(cfg, exp: Experiment, out_dir: Path, meta_seconds: float |
 
 
 def _log(message: str) -> None:
-    print(message, flush=True)
+    if distributed.is_writer():  # in a multi-process run, process 0 speaks for all
+        print(message, flush=True)
 
 
 def _pretrained_method(cfg) -> dict:
@@ -137,10 +141,33 @@ def _pretrained_method(cfg) -> dict:
 
 def _fail(error: Exception) -> None:
     print(f"error: {error}", file=sys.stderr)
-    sys.exit(1)
+    distributed.exit_now(1)
+
+
+def _multiprocess(main):
+    """Join the run's processes (``trainer.coordinator``) before ``main``; afterwards wait for all of them.
+    An error in a multi-process run ends this process at once, so that the others are ended within
+    ``trainer.heartbeat_timeout`` instead of waiting for it."""
+    @functools.wraps(main)
+    def wrapped(cfg):
+        try:
+            distributed.initialize(cfg.trainer)
+        except ConfigError as error:
+            _fail(error)
+        try:
+            main(cfg)
+        except Exception:
+            if not jax.distributed.is_initialized():
+                raise
+            traceback.print_exc()
+            distributed.exit_now(1)
+        distributed.barrier("metajax-end")
+
+    return wrapped
 
 
 @hydra.main(version_base=None, config_name="run")
+@_multiprocess
 def train_main(cfg) -> None:
     out_dir = _out_dir()
     try:
@@ -211,6 +238,7 @@ def evaluate_main(cfg) -> None:
 
 
 @hydra.main(version_base=None, config_name="run")
+@_multiprocess
 def baselines_main(cfg) -> None:
     out_dir = _out_dir()
     try:

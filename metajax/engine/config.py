@@ -92,7 +92,13 @@ class TrainerConfig:
     keep_best: bool = True  # with validation: the best-on-validation parameters become model.eqx
     stair: bool = False  # add one phase at a time (Bian et al.): stage s trains the first s phases
     seed: int = 0
-    devices: int = 0  # 0: all local devices; tasks are sharded over them
+    devices: int = 0  # 0: all devices (of every process); tasks are sharded over them
+    coordinator: Optional[str] = None  # multi-process: HOST:PORT of process 0, or auto (SLURM srun, submitit)
+    num_processes: int = 1  # with a HOST:PORT coordinator: processes in the run (each started once)
+    process_id: int = 0  # with a HOST:PORT coordinator: this process's rank in [0, num_processes)
+    local_device_ids: Optional[List[int]] = None  # multi-process: this process's devices (default: all visible)
+    heartbeat_timeout: int = 30  # multi-process: seconds after which a silent process counts as dead
+    init_timeout: int = 300  # multi-process: seconds to wait for every process to join
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     log_every: int = 10

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from metajax import bilevel, data, masks, metrics
 from metajax.adjoint import MLM, Autodiff
@@ -394,17 +394,14 @@ class Experiment:
     # ---------------------------------------------------------------- devices
 
     def mesh(self) -> Mesh:
-        count = self.cfg.trainer.devices or jax.local_device_count()
-        devices = jax.local_devices()
+        """The 1-D ``("tasks",)`` mesh of ``trainer.devices`` devices (0: every device of every process)."""
+        devices = jax.devices()
+        count = self.cfg.trainer.devices or len(devices)
         if not 1 <= count <= len(devices):
-            raise ConfigError(f"`trainer.devices` = {count} but {len(devices)} local device(s) exist.")
+            raise ConfigError(f"`trainer.devices` = {count} but {len(devices)} device(s) exist.")
+        if jax.process_count() > 1 and count != len(devices):
+            raise ConfigError(f"`trainer.devices` must be 0 or {len(devices)} in a run of {jax.process_count()} "
+                              f"processes (every process's devices take part); got {count}.")
         if self.num_tasks % count:
             raise ConfigError(f"{self.num_tasks} tasks cannot be sharded evenly over `trainer.devices` = {count}.")
         return Mesh(np.array(devices[:count]), ("tasks",))
-
-    def shard_tasks(self, mesh: Mesh, tasks):
-        """Every task leaf split along its leading task axis over the mesh."""
-        return jax.device_put(tasks, NamedSharding(mesh, PartitionSpec("tasks")))
-
-    def replicate(self, mesh: Mesh, tree):
-        return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))

@@ -36,13 +36,16 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 from omegaconf import OmegaConf
 
-from metajax.engine import checkpoint
+from metajax.engine import checkpoint, distributed
 from metajax.engine.experiment import Experiment
 
 # Fields that may differ between an interrupted run and its restart.
-VOLATILE = ("trainer.resume", "trainer.allow_config_change", "trainer.progress", "eval")
+VOLATILE = ("trainer.resume", "trainer.allow_config_change", "trainer.progress", "trainer.coordinator",
+            "trainer.process_id", "trainer.local_device_ids", "trainer.heartbeat_timeout", "trainer.init_timeout",
+            "eval")
 
 
 class TrainingError(RuntimeError):
@@ -51,7 +54,8 @@ class TrainingError(RuntimeError):
 
 def machine_info() -> dict:
     return {"platform": platform.platform(), "python": platform.python_version(), "jax": jax.__version__,
-            "backend": jax.default_backend(), "devices": [str(d) for d in jax.local_devices()]}
+            "backend": jax.default_backend(), "processes": jax.process_count(),
+            "devices": [str(d) for d in jax.devices()]}
 
 
 def comparable_config(cfg) -> dict:
@@ -91,12 +95,9 @@ def all_finite(tree) -> bool:
     return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(tree))
 
 
-def train(cfg, run_dir: Path, base: Path | None = None, log=print) -> dict:
-    """Train as configured; returns ``{"experiment", "params", "records", "train_seconds", "resumed_from",
-    "compile_seconds"}``: ``records`` is the whole ``train_log.jsonl`` (every step, also those before a resume)
-    and ``train_seconds`` the sum of their step times (compilation excluded)."""
-    run_dir = Path(run_dir)
-    exp = Experiment(cfg, base)  # loads data, fails on missing files before any compute
+def _open_run(cfg, run_dir: Path, exp: Experiment, log):
+    """Process 0's side of a (re)start: check or clear the run directory, write the config, and find the step
+    to resume from. Returns ``(start, params, state)``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = run_dir / "checkpoints"
     if cfg.trainer.resume:
@@ -106,55 +107,85 @@ def train(cfg, run_dir: Path, base: Path | None = None, log=print) -> dict:
     checkpoint.write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     checkpoint.write_text_atomic(run_dir / "run_info.json", json.dumps(
         {"machine": machine_info(), "config": OmegaConf.to_container(cfg, resolve=True)}, indent=2))
-
     params, state = exp.params, exp.init_state()
-    start, resumed_from = 0, None
     found = checkpoint.latest(ckpt_dir) if cfg.trainer.resume else None
-    if found:
-        start, path = found
-        params, state = checkpoint.load(path, (params, state))
-        resumed_from = start
-        log(f"resumed from checkpoint {path} at step {start} of {cfg.trainer.steps}")
-    mesh = exp.mesh()
-    train_tasks = exp.shard_tasks(mesh, exp.train_tasks)
-    params, state = exp.replicate(mesh, (params, state))
-    compiled, compile_seconds = {}, {}
-    base_key = jax.random.key(cfg.trainer.seed)
-    images_per_step = exp.num_tasks * cfg.trainer.batch * (1 if exp.method is None else 2)
-    log_path = run_dir / "train_log.jsonl"
-    validate = cfg.trainer.val_every > 0
-    validation = exp.validation_fn() if validate else None
-    if start == 0:
-        log_path.write_text("")
+    if not found:
+        (run_dir / "train_log.jsonl").write_text("")
         for name in ("best.eqx", "best.json"):
             (run_dir / name).unlink(missing_ok=True)
-    else:  # the log of the steps before the resume, without those after the checkpoint
-        kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= start]
-        log_path.write_text("".join(line + "\n" for line in kept))
+        return 0, params, state
+    start, path = found
+    params, state = checkpoint.load(path, (params, state))
+    log(f"resumed from checkpoint {path} at step {start} of {cfg.trainer.steps}")
+    log_path = run_dir / "train_log.jsonl"  # the log of the steps before the resume, without those after it
+    kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= start]
+    log_path.write_text("".join(line + "\n" for line in kept))
+    return start, params, state
+
+
+def train(cfg, run_dir: Path, base: Path | None = None, log=print) -> dict:
+    """Train as configured; returns ``{"experiment", "params", "records", "train_seconds", "resumed_from",
+    "compile_seconds"}``: ``records`` is the whole ``train_log.jsonl`` (every step, also those before a resume)
+    and ``train_seconds`` the sum of their step times (compilation excluded).
+
+    In a multi-process run (:mod:`metajax.engine.distributed`) every process calls it; process 0 alone
+    writes ``run_dir`` and logs, and every process returns the parameters process 0 wrote (``records`` and
+    the timings are process 0's; the others return none)."""
+    run_dir = Path(run_dir)
+    exp = Experiment(cfg, base)  # loads data, fails on missing files before any compute
+    writer = distributed.is_writer()
+    log = log if writer else (lambda message: None)
+    ckpt_dir = run_dir / "checkpoints"
+    start, params, state, refusal = 0, exp.params, exp.init_state(), None
+    if writer:
+        try:
+            start, params, state = _open_run(cfg, run_dir, exp, log)
+        except TrainingError as error:
+            start, refusal = -1, error
+    start = int(distributed.broadcast(np.int32(start)))  # process 0's decision, taken once
+    if start < 0:
+        raise refusal or TrainingError("process 0 refused to start the run (its error says why).")
+    if start > 0:
+        params, state = distributed.broadcast((params, state))
+    resumed_from = start or None
+    mesh = exp.mesh()
+    replicated = NamedSharding(mesh, PartitionSpec())
+    train_tasks = distributed.put(exp.train_tasks, NamedSharding(mesh, PartitionSpec("tasks")))
+    params, state = distributed.put((params, state), replicated)
+    compiled, compile_seconds = {}, {}
+    images_per_step = exp.num_tasks * cfg.trainer.batch * (1 if exp.method is None else 2)
+    log_path = run_dir / "train_log.jsonl"
+    validate = cfg.trainer.val_every > 0 and writer
+    validation = exp.validation_fn() if validate else None
 
     def validate_at(step_done, params):
         """Validation PSNR per task after ``step_done`` steps; keeps the best parameters (strict improvement)."""
+        params = jax.device_get(params)
         psnr = [float(v) for v in validation(params)]
         mean = sum(psnr) / len(psnr)
         best_path = run_dir / "best.json"
         best = json.loads(best_path.read_text()) if best_path.is_file() else None
         if best is None or mean > best["psnr"]:
-            checkpoint.write_atomic(run_dir / "best.eqx", jax.device_get(params))
+            checkpoint.write_atomic(run_dir / "best.eqx", params)
             checkpoint.write_text_atomic(best_path, json.dumps({"step": step_done, "psnr": mean, "per_task": psnr}))
         log(f"step {step_done}: validation PSNR " + " / ".join(f"{v:.2f}" for v in psnr) + f" dB (mean {mean:.2f})")
         return {"step": step_done, "val_psnr": psnr}
 
+    def step_with_key(phases):
+        fn = exp.step_fn(phases)
+        return lambda p, s, t, i: fn(p, s, t, jax.random.fold_in(jax.random.key(cfg.trainer.seed), i), i)
+
     if validate and start == 0:
         with open(log_path, "a") as f:
             f.write(json.dumps(validate_at(0, params)) + "\n")
-    progress = _progress(cfg, start)
+    progress = _progress(cfg, start) if writer else None
     try:
         for step in range(start, cfg.trainer.steps):
             phases = exp.phases_at(step)
-            inputs = (params, state, train_tasks, jax.random.fold_in(base_key, step), jnp.asarray(step))
+            inputs = (params, state, train_tasks, distributed.put(np.int32(step), replicated))
             if phases not in compiled:
                 tic = time.perf_counter()
-                compiled[phases] = jax.jit(exp.step_fn(phases)).lower(*inputs).compile()
+                compiled[phases] = jax.jit(step_with_key(phases), out_shardings=replicated).lower(*inputs).compile()
                 compile_seconds[phases] = time.perf_counter() - tic
                 log(f"compiled the training step ({phases} phases) in {compile_seconds[phases]:.1f} s")
             tic = time.perf_counter()
@@ -175,6 +206,8 @@ def train(cfg, run_dir: Path, base: Path | None = None, log=print) -> dict:
                 raise TrainingError(f"step {step}: the parameters became non-finite after the update. Training "
                                     f"stopped; the last good checkpoint in {ckpt_dir} is unchanged.")
             params, state = new_params, new_state
+            if not writer:
+                continue
             record = {"step": step + 1, "phases": phases, "seconds": elapsed,
                       "images_per_s": images_per_step / elapsed, **{k: float(v) for k, v in metrics.items()}}
             if validate and ((step + 1) % cfg.trainer.val_every == 0 or step + 1 == cfg.trainer.steps):
@@ -187,20 +220,25 @@ def train(cfg, run_dir: Path, base: Path | None = None, log=print) -> dict:
             elif (step + 1) % cfg.trainer.log_every == 0 or step + 1 == cfg.trainer.steps:
                 log(f"step {step + 1}/{cfg.trainer.steps} loss {loss:.4e} ({record['images_per_s']:.1f} images/s)")
             if (step + 1) % cfg.trainer.checkpoint_every == 0 or step + 1 == cfg.trainer.steps:
+                # the parameters and solver state are replicated: every process holds them whole
                 checkpoint.save(ckpt_dir, step + 1, jax.device_get((params, state)), cfg.trainer.keep_checkpoints)
     finally:
         if progress is not None:
             progress.close()
     params = jax.device_get(params)
-    best = json.loads((run_dir / "best.json").read_text()) if validate and (run_dir / "best.json").is_file() else None
-    if best is not None and cfg.trainer.keep_best:
-        params = checkpoint.load(run_dir / "best.eqx", params)
-        log(f"model.eqx: the best-on-validation parameters (step {best['step']}, mean PSNR {best['psnr']:.2f} dB)")
-    model = exp.model(params)
-    checkpoint.write_atomic(run_dir / "model.eqx", model)
-    _write_task_parameters(run_dir, exp, model, params)
-    records = [json.loads(line) for line in log_path.read_text().splitlines() if line]
-    _curves(run_dir, records, list(cfg.tasks.ratios))
+    records, best = [], None
+    if writer:
+        best = json.loads((run_dir / "best.json").read_text()) if validate and (run_dir / "best.json").is_file() \
+            else None
+        if best is not None and cfg.trainer.keep_best:
+            params = checkpoint.load(run_dir / "best.eqx", params)
+            log(f"model.eqx: the best-on-validation parameters (step {best['step']}, mean PSNR {best['psnr']:.2f} dB)")
+        model = exp.model(params)
+        checkpoint.write_atomic(run_dir / "model.eqx", model)
+        _write_task_parameters(run_dir, exp, model, params)
+        records = [json.loads(line) for line in log_path.read_text().splitlines() if line]
+        _curves(run_dir, records, list(cfg.tasks.ratios))
+    params = distributed.broadcast(params)  # every process goes on with the model process 0 wrote
     return {"experiment": exp, "params": params, "records": records,
             "train_seconds": sum(r.get("seconds", 0.0) for r in records), "resumed_from": resumed_from,
             "compile_seconds": compile_seconds, "best": best}
