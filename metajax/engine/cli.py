@@ -160,6 +160,9 @@ def _multiprocess(main):
             if not jax.distributed.is_initialized():
                 raise
             traceback.print_exc()
+            print(f"error: process {jax.process_index()} of {jax.process_count()} stopped (above; a collective that "
+                  "fails usually means another process died). Run the same command on every process again to resume "
+                  "from the last checkpoint.", file=sys.stderr)
             distributed.exit_now(1)
         distributed.barrier("metajax-end")
 

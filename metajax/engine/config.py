@@ -139,7 +139,7 @@ _GROUPS = [{"data": "default"}, {"tasks": "pseudo_radial"}, {"model": "dcnet"}, 
 class RunConfig:
     """The root config of ``metajax-train`` / ``-evaluate`` / ``-baselines``."""
 
-    defaults: List[Any] = field(default_factory=lambda: ["_self_", *_GROUPS, {"preset": "quick"}])
+    defaults: List[Any] = field(default_factory=lambda: ["_self_", *_GROUPS, {"preset": "quick"}, {"cluster": "none"}])
     data: DataConfig = MISSING
     tasks: TasksConfig = MISSING
     model: ModelConfig = MISSING
@@ -190,6 +190,31 @@ PRESETS = {
     },
 }
 
+# Launchers of the optional `slurm` extra (hydra-submitit-launcher). Every process of a job runs the whole
+# command; `trainer.coordinator=auto` makes the job's processes one run (JAX's SLURM detection under srun, the
+# job's ranks under submitit_local), and a job requeued after a timeout or preemption (max_num_timeout) runs
+# the same command in the same directory, so it resumes from the last checkpoint.
+_SUBMITIT = {"timeout_min": 240, "max_num_timeout": 10}
+CLUSTERS = {
+    "local": {  # this machine: each sweep point as tasks_per_node processes (CPU devices)
+        "defaults": [{"override /hydra/launcher": "submitit_local"}],
+        "trainer": {"coordinator": "auto"},
+        "hydra": {"launcher": {"timeout_min": 240, "tasks_per_node": 2}},
+    },
+    "slurm": {  # one array task per sweep point, on one GPU (raise tasks_per_node and gpus_per_node together)
+        "defaults": [{"override /hydra/launcher": "submitit_slurm"}],
+        "trainer": {"coordinator": "auto"},
+        "hydra": {"launcher": {**_SUBMITIT, "nodes": 1, "tasks_per_node": 1, "gpus_per_node": 1,
+                               "cpus_per_task": 8, "mem_gb": 64, "signal_delay_s": 120}},
+    },
+    "slurm_multinode": {  # one run over nodes × tasks_per_node processes, one GPU each
+        "defaults": [{"override /hydra/launcher": "submitit_slurm"}],
+        "trainer": {"coordinator": "auto"},
+        "hydra": {"launcher": {**_SUBMITIT, "nodes": 2, "tasks_per_node": 4, "gpus_per_node": 4,
+                               "cpus_per_task": 8, "mem_gb": 256, "signal_delay_s": 120}},
+    },
+}
+
 DATA = {
     "default": DataConfig(),
     # the template's slices run foot to head: contiguous splits would differ, so they are shuffled
@@ -232,3 +257,6 @@ def register() -> None:
     for name, node in PRESETS.items():
         cs.store(group="preset", name=name, node=node, package="_global_")
     cs.store(group="preset", name="none", node={}, package="_global_")
+    for name, node in CLUSTERS.items():
+        cs.store(group="cluster", name=name, node=node, package="_global_")
+    cs.store(group="cluster", name="none", node={}, package="_global_")
