@@ -20,6 +20,10 @@ fails before anything runs). Groups and their options:
   ``ci`` (seconds), ``long`` (the shipped pretrained model, ≤ 90 CPU minutes),
   ``paper`` (GPU hours); a preset overrides fields of the groups above, and
   command-line overrides come last.
+- ``cluster``: ``none`` (the default: Hydra's basic launcher), ``local`` (submitit_local, each sweep point as
+  2 processes), ``slurm`` (one SLURM array task per sweep point), ``slurm_multinode`` (one run over nodes ×
+  tasks per node); all but ``none`` need the ``slurm`` extra and set ``trainer.coordinator=auto``
+  (docs/cluster.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The training loop: resumable, fault-checked, sharded over local devices, with progress and logs.
+"""The training loop: resumable, fault-checked, sharded over devices and processes, with progress and logs.
 
 ``train(cfg, run_dir)`` writes into ``run_dir``:
 
@@ -23,7 +23,8 @@ checkpoint, prints from which step, and produces a byte-identical
 key and batches of step s are ``fold_in(key(seed), s)`` either way. A changed
 configuration is refused (unless ``trainer.allow_config_change``). A NaN/Inf
 loss or parameter stops the run with a message naming the step and the
-quantity; nothing is written after the last good checkpoint.
+quantity; nothing is written after the last good checkpoint. In a multi-process run
+(:mod:`metajax.engine.distributed`) process 0 alone writes all of this.
 """
 
 from __future__ import annotations
