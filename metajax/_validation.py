@@ -11,6 +11,7 @@ from __future__ import annotations
 import numbers
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,7 +94,10 @@ def as_binary_mask(name: str, mask, ndim: int = 2) -> jax.Array:
             raise ValueError(
                 f"`{name}` must be binary (only 0/1 or False/True); found values {shown.tolist()}."
             )
-    return jnp.asarray(mask).astype(bool)
+    mask = jnp.asarray(mask)
+    if dtype != jnp.bool_ and not is_concrete(mask):  # inside jit: checked when the values exist
+        mask = eqx.error_if(mask, (mask != 0) & (mask != 1), f"`{name}` must be binary (only 0/1 or False/True).")
+    return mask.astype(bool)
 
 
 def check_ratio(name: str, ratio) -> float:
@@ -149,3 +153,33 @@ def require_file(name: str, path) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"`{name}`: file {str(path)!r} does not exist.")
     return path
+
+
+def check_measurements(operator, y) -> None:
+    """``y`` holds the measurements of *one* image under ``operator`` (batches go through ``jax.vmap``), and
+    no NaN/Inf (when concrete)."""
+    check_inexact("y", y)
+    try:
+        image = jax.eval_shape(operator.adjoint, jax.ShapeDtypeStruct(jnp.shape(y), jnp.result_type(y)))
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"`y` does not fit `operator` ({type(operator).__name__}): {error}") from None
+    if len(image.shape) != 2:
+        raise ValueError(f"`y` of shape {tuple(jnp.shape(y))} gives an image of shape {image.shape} under "
+                         f"`operator.adjoint`; the network reconstructs one (H, W) image: map over a batch with "
+                         "`jax.vmap(lambda v: net(operator, v))(ys)`.")
+    check_finite("y", y)
+
+
+def check_task_weight(omega, dtype):
+    """The task weight ω as a ``dtype`` scalar: a concrete ω must be a finite scalar; a traced one is checked
+    when its value exists (``eqx.error_if``)."""
+    if isinstance(omega, (str, bytes)) or not jnp.issubdtype(jnp.result_type(omega), jnp.number):
+        raise TypeError(f"`omega` must be a real scalar (the task weight); got {omega!r}.")
+    if jnp.ndim(omega) != 0:
+        raise ValueError(f"`omega` must be a scalar (one task weight per call; map over tasks with `jax.vmap`); "
+                         f"got shape {jnp.shape(omega)}.")
+    omega = jnp.asarray(omega, dtype)
+    if is_concrete(omega):
+        check_finite("omega", omega)
+        return omega
+    return eqx.error_if(omega, ~jnp.isfinite(omega), "`omega` (the task weight) is non-finite.")

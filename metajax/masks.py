@@ -15,6 +15,7 @@ always sampled.
 from __future__ import annotations
 
 import math
+import numbers
 from functools import partial
 
 import h5py
@@ -22,13 +23,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metajax._validation import as_binary_mask, check_key, check_ratio, check_shape2d, require_file
+from metajax._validation import as_binary_mask, check_key, check_positive, check_ratio, check_shape2d, require_file
 
 _GOLDEN_ANGLE = math.pi * (math.sqrt(5.0) - 1.0) / 2.0  # 111.25°: golden-ratio radial spoke increment
 
 
-def _count(ratio: float, total: int) -> int:
-    return max(1, round(ratio * total))
+def _count(ratio: float, total: int, what: str = "points") -> int:
+    n = round(ratio * total)
+    if n < 1:
+        raise ValueError(f"`ratio` = {ratio} samples round({ratio} · {total}) = 0 {what}; the smallest ratio that "
+                         f"samples one is {0.5 / total:.3g}.")
+    return n
 
 
 def _first_n(priority_keys, n: int, shape) -> jax.Array:
@@ -76,9 +81,11 @@ def _radial(key, shape, n):
 
 
 def _line_counts(width: int, ratio: float, center_fraction: float) -> tuple[int, int]:
+    if isinstance(center_fraction, bool) or not isinstance(center_fraction, numbers.Real):
+        raise TypeError(f"`center_fraction` must be a real number in [0, 1); got {center_fraction!r}.")
     if not (0.0 <= center_fraction < 1.0):
         raise ValueError(f"`center_fraction` must lie in [0, 1); got {center_fraction}.")
-    lines = _count(ratio, width)
+    lines = _count(ratio, width, "lines")
     center = round(center_fraction * width)
     if center > lines:
         raise ValueError(
@@ -145,10 +152,15 @@ def variable_density(key, shape, ratio: float, sigma: float = 0.3, center_radius
     check_key("key", key)
     h, w = check_shape2d("shape", shape)
     n = _count(check_ratio("ratio", ratio), h * w)
-    if not sigma > 0:
-        raise ValueError(f"`sigma` must be positive; got {sigma}.")
-    if not (0.0 <= center_radius <= 1.0):
-        raise ValueError(f"`center_radius` must lie in [0, 1]; got {center_radius}.")
+    sigma = check_positive("sigma", sigma)
+    if isinstance(center_radius, bool) or not isinstance(center_radius, numbers.Real) or \
+            not 0.0 <= center_radius <= 1.0:
+        raise ValueError(f"`center_radius` must be a real number in [0, 1]; got {center_radius!r}.")
+    center = int(np.sum(np.hypot((np.arange(h)[:, None] - h // 2) / (h / 2),
+                                 (np.arange(w)[None, :] - w // 2) / (w / 2)) <= center_radius))
+    if center > n:
+        raise ValueError(f"`ratio` = {ratio} samples {n} points, fewer than the {center} of the fully sampled "
+                         f"centre (`center_radius` = {center_radius}); lower `center_radius` or raise `ratio`.")
     return _variable_density(key, (h, w), n, float(sigma), float(center_radius))
 
 
@@ -165,7 +177,10 @@ def _variable_density(key, shape, n, sigma, center_radius):
 
 
 def sampling_ratio(mask) -> jax.Array:
-    """Fraction of sampled entries of a (..., H, W) mask, one value per mask."""
+    """Fraction of sampled entries of a binary (..., H, W) mask, one value per mask."""
+    if jnp.ndim(mask) < 2:
+        raise ValueError(f"`mask` must be a (..., H, W) array; got shape {jnp.shape(mask)}.")
+    mask = as_binary_mask("mask", mask, jnp.ndim(mask))
     return jnp.mean(jnp.asarray(mask, jnp.float32), axis=(-2, -1))
 
 
@@ -177,10 +192,19 @@ def load_masks(path) -> dict[str, np.ndarray]:
     """
     path = require_file("path", path)
     masks = {}
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as error:
+        raise ValueError(f"`path`: {str(path)!r} is not a readable HDF5 file ({error}).") from None
+    with f:
         for name, item in f.items():
-            if isinstance(item, h5py.Dataset) and item.ndim == 2:
-                masks[name] = np.asarray(as_binary_mask(f"{path.name}:{name}", item[()]))
+            if not isinstance(item, h5py.Dataset):
+                raise ValueError(f"`path`: {path.name} holds a group {name!r}; a mask file holds only 2-D "
+                                 "datasets at its top level.")
+            if item.ndim != 2:
+                raise ValueError(f"`path`: dataset {name!r} of {path.name} has shape {item.shape}; every dataset "
+                                 "of a mask file must be one 2-D (H, W) mask (none is skipped).")
+            masks[name] = np.asarray(as_binary_mask(f"{path.name}:{name}", item[()]))
     if not masks:
         raise ValueError(f"`path`: {str(path)!r} holds no 2-D mask datasets.")
     return masks

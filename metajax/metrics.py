@@ -10,6 +10,8 @@ image, so computing exactly those windows ("valid" box filter) is equivalent.
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,11 +27,19 @@ def _check_pair(x, ref) -> None:
         check_min_ndim(name, a, 2, "(..., H, W)")
     if jnp.shape(x) != jnp.shape(ref):
         raise ValueError(f"`x` and `ref` must have the same shape; got {jnp.shape(x)} and {jnp.shape(ref)}.")
+    check_finite("x", x)
+    check_finite("ref", ref)
 
 
 def _data_range(ref, data_range) -> jax.Array:
     if data_range is None:
-        return jnp.max(ref, axis=_IMAGE_AXES)
+        peak = jnp.max(ref, axis=_IMAGE_AXES)
+        if is_concrete(peak) and np.any(np.asarray(peak) <= 0):
+            raise ValueError("`ref` has an image whose maximum is ≤ 0, so `data_range=None` (the reference's "
+                             "maximum) is undefined; pass `data_range` explicitly.")
+        return peak
+    if isinstance(data_range, (str, bytes)) or not jnp.issubdtype(jnp.result_type(data_range), jnp.number):
+        raise TypeError(f"`data_range` must be None or a positive number; got {data_range!r}.")
     check_finite("data_range", data_range)
     if is_concrete(data_range) and np.any(np.asarray(data_range) <= 0):
         raise ValueError(f"`data_range` must be positive; got {data_range}.")
@@ -43,13 +53,16 @@ def mse(x, ref) -> jax.Array:
 
 
 def psnr(x, ref, data_range=None) -> jax.Array:
-    """Peak signal-to-noise ratio in dB, ``10 log10(R² / MSE)``, per image."""
-    return 10 * jnp.log10(_data_range(ref, data_range) ** 2 / mse(x, ref))
+    """Peak signal-to-noise ratio in dB, ``10 log10(R² / MSE)``, per image (``inf`` where ``x == ref``)."""
+    error = mse(x, ref)  # checks the pair first
+    return 10 * jnp.log10(_data_range(ref, data_range) ** 2 / error)
 
 
 def nmse(x, ref) -> jax.Array:
-    """Normalised MSE ``‖x − ref‖² / ‖ref‖²`` per image."""
+    """Normalised MSE ``‖x − ref‖² / ‖ref‖²`` per image (a reference that is all zero is rejected)."""
     _check_pair(x, ref)
+    if is_concrete(ref) and np.any(np.asarray(jnp.sum(ref**2, axis=_IMAGE_AXES)) == 0):
+        raise ValueError("`ref` has an all-zero image, whose NMSE is undefined.")
     return jnp.sum((x - ref) ** 2, axis=_IMAGE_AXES) / jnp.sum(ref**2, axis=_IMAGE_AXES)
 
 
@@ -68,6 +81,8 @@ def ssim(x, ref, data_range=None, win_size: int = 7, k1: float = 0.01, k2: float
     averaged over all windows that fit inside the image.
     """
     _check_pair(x, ref)
+    if isinstance(win_size, bool) or not isinstance(win_size, numbers.Integral):
+        raise TypeError(f"`win_size` must be an odd integer ≥ 3; got {win_size!r}.")
     if win_size < 2 or win_size % 2 == 0 or win_size > min(jnp.shape(ref)[-2:]):
         raise ValueError(
             f"`win_size` must be odd, ≥ 3 and at most the image size {jnp.shape(ref)[-2:]}; got {win_size}."
@@ -92,9 +107,9 @@ def evaluate_volume(recon, target) -> dict[str, float]:
     As in fastMRI's ``evaluate.py``: NMSE and PSNR over the whole volume, SSIM
     averaged over slices, with the data range set to the target volume's maximum.
     """
-    _check_pair(recon, target)
     check_finite("recon", recon)
     check_finite("target", target)
+    _check_pair(recon, target)
     if jnp.ndim(target) != 3:
         raise ValueError(f"`target` must be a (slices, H, W) volume; got shape {jnp.shape(target)}.")
     maxval = jnp.max(target)

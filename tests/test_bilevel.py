@@ -597,3 +597,19 @@ def test_losses_per_task_against_numpy_and_batches_deterministic_per_key(x64):
     np.testing.assert_allclose(measurement_loss(model, batch), 0, atol=1e-30)  # A A^H y = y for a mask
     np.testing.assert_allclose(group_losses(supervised_loss, model, (batch, batch)),
                                np.tile(expected, 2), rtol=1e-13)
+
+
+def test_maml_through_adam_at_a_zero_gradient_is_adams_exact_derivative(x64):
+    """A zero inner-gradient component: Adam's update ≈ sign(g) has slope 1/(√eps_root + eps) there. With a large
+    eps the meta-gradient is finite and equals central differences; with optax's default eps it explodes
+    (exactly, not by a bug: docs/bilevel.md)."""
+    theta, a = jnp.array([1.0, 0.0]), jnp.array(0.5)
+    inner = lambda p, a: jnp.sum((p[:1] - a) ** 2) + 3.0 * p[1] ** 2  # noqa: E731 (∂/∂p₁ = 6 p₁ = 0 at θ)
+    outer = lambda p, a: jnp.sum((p - a) ** 2)  # noqa: E731
+    smooth = MAML(optax.adam(0.1, eps=1e-3, eps_root=1e-12), 2)
+    grad, _ = meta_gradient(smooth, inner, outer, theta, a)
+    f = lambda t: outer(smooth.adapted(inner, t, a)[0], a)  # noqa: E731
+    h = jnp.array([0.0, 1e-9])
+    np.testing.assert_allclose(grad[1], (f(theta + h) - f(theta - h)) / 2e-9, rtol=5e-3)
+    sharp, _ = meta_gradient(MAML(optax.adam(0.1, eps_root=1e-12), 2), inner, outer, theta, a)
+    assert abs(float(sharp[1])) > 1e3 * abs(float(grad[1]))

@@ -97,7 +97,7 @@ def test_fastmri_errors(tmp_path):
         data.load_fastmri(real)
     mismatch = tmp_path / "mismatch.h5"
     _write_fastmri(mismatch, kspace, "reconstruction_esc", np.ones((3, 8, 6), np.float32))
-    with pytest.raises(ValueError, match=r"reconstruction_esc has 3 slices but kspace has 2"):
+    with pytest.raises(ValueError, match=r"reconstruction_esc in mismatch.h5 has shape \(3, 8, 6\); expected \(2, h, w\)"):
         data.load_fastmri(mismatch)
     with pytest.raises(FileNotFoundError, match=r"`path`: file .*missing.h5' does not exist"):
         data.load_fastmri(tmp_path / "missing.h5")
@@ -135,13 +135,22 @@ def test_image_folder_round_trip(tmp_path):
     png = rng.integers(0, 256, (9, 7), dtype=np.uint8)
     tif16 = rng.integers(0, 65536, (9, 7), dtype=np.uint16)
     tif_float = rng.random((9, 7)).astype(np.float32)
+    for name, image in (("b.tif", tif16), ("c.tiff", tif_float)):  # one bit depth per folder, kept as stored
+        (tmp_path / name[0]).mkdir()
+        Image.fromarray(image).save(tmp_path / name[0] / name)
+        Image.fromarray(image[::-1]).save(tmp_path / name[0] / ("z" + name))
+        np.testing.assert_array_equal(data.load_image_folder(tmp_path / name[0]),
+                                      np.stack([image, image[::-1]]).astype(np.float32))
     Image.fromarray(png).save(tmp_path / "a.png")
     Image.fromarray(tif16).save(tmp_path / "b.tif")
-    Image.fromarray(tif_float).save(tmp_path / "c.tiff")
+    with pytest.raises(ValueError, match=r"different pixel formats \(L e.g. a.png, I;16 e.g. b.tif\)"):
+        data.load_image_folder(tmp_path)  # 8- and 16-bit intensities are not comparable: never stacked silently
+    (tmp_path / "b.tif").unlink()
+    Image.fromarray(png[::-1]).save(tmp_path / "b.png")
     (tmp_path / "notes.txt").write_text("ignored")
     stack = data.load_image_folder(tmp_path)
     assert stack.dtype == np.float32
-    np.testing.assert_array_equal(stack, np.stack([png, tif16, tif_float]).astype(np.float32))
+    np.testing.assert_array_equal(stack, np.stack([png, png[::-1]]).astype(np.float32))
     normalised = data.normalize_per_slice(stack)
     np.testing.assert_allclose(normalised.max(axis=(1, 2)), 1.0)
     np.testing.assert_allclose(normalised[0], png / png.max(), rtol=1e-6)
@@ -149,7 +158,7 @@ def test_image_folder_round_trip(tmp_path):
     Image.fromarray(rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)).save(tmp_path / "d.png")
     with pytest.raises(ValueError, match=r"d.png is a colour \(RGB\) image; pass as_gray=True"):
         data.load_image_folder(tmp_path)
-    assert data.load_image_folder(tmp_path, as_gray=True).shape == (4, 9, 7)
+    assert data.load_image_folder(tmp_path, as_gray=True).shape == (3, 9, 7)
     Image.fromarray(png[:5]).save(tmp_path / "e.png")
     with pytest.raises(ValueError, match=r"different sizes \[\(5, 7\), \(9, 7\)\]"):
         data.load_image_folder(tmp_path, as_gray=True)

@@ -90,7 +90,7 @@ def test_two_processes_equal_one_process_on_two_devices_and_survive_a_kill(tmp_p
     run_dir = tmp_path / "killed"
     pair = start_pair(run_dir)
     deadline = time.time() + 300
-    while not (run_dir / "checkpoints" / "step_00000004.eqx").exists() and time.time() < deadline:
+    while not (run_dir / "checkpoints" / "step_00000004.eqx.sha256").exists() and time.time() < deadline:
         time.sleep(0.05)
     os.kill(pair[1].pid, signal.SIGKILL)
     tic = time.time()

@@ -110,7 +110,7 @@ def test_sigkill_and_resume_gives_a_byte_identical_model(tmp_path):
                                 f"hydra.run.dir={killed}"], cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
-    while not list((killed / "checkpoints").glob("step_*.eqx")) and time.time() < deadline:
+    while not list((killed / "checkpoints").glob("step_*.eqx.sha256")) and time.time() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()

@@ -126,7 +126,7 @@ def test_shared_radial_masks(shared_file):
         (lambda: masks.cartesian(KEYS, SHAPE, 0.2), ValueError, r"`key` must be a single PRNG key"),
         (lambda: masks.cartesian(KEYS[0], SHAPE, 0.04), ValueError, r"fewer than the 8 centre lines"),
         (lambda: masks.equispaced(SHAPE, 0.3, center_fraction=1.2), ValueError, r"`center_fraction` must lie"),
-        (lambda: masks.variable_density(KEYS[0], SHAPE, 0.3, sigma=0), ValueError, r"`sigma` must be positive"),
+        (lambda: masks.variable_density(KEYS[0], SHAPE, 0.3, sigma=0), ValueError, r"`sigma` must be a positive"),
     ],
 )
 def test_bad_mask_arguments_raise(call, error, message):

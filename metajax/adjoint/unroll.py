@@ -72,6 +72,9 @@ def _check_state(u0) -> None:
 
 def _check_phase(phase, u0, thetas, params) -> None:
     """Fail early (with the offending leaf named) if the phase changes the state's structure."""
+    if not callable(phase):
+        raise TypeError(f"`phase` must be a function `phase(u, theta_t, params) -> u_next`; got "
+                        f"{type(phase).__name__}.")
     theta0 = jax.tree.map(lambda a: a[0], thetas)
     out = jax.eval_shape(phase, u0, theta0, params)
     expected = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), u0)
@@ -208,21 +211,36 @@ def mlm_unroll(phase, u0, thetas, params, *, checkpoint_every=None, scan_unroll=
     return unroll(phase, u0, thetas, params, adjoint=MLM(checkpoint_every, scan_unroll=scan_unroll))
 
 
-def multipliers(phase, loss, u0, thetas, params, *, checkpoint_every=None, scan_unroll=1):
+def multipliers(phase, loss, u0, thetas, params, *, checkpoint_every=None, scan_unroll=1, convention="jax"):
     """The final state and every Lagrange multiplier of ``loss(u_T)``.
 
     Returns:
         ``(u_T, lambdas)`` where ``lambdas`` has the structure of ``u0`` with a
         leading axis T+1: ``lambdas[t] = λ_t = −∂ℓ/∂u_t`` (so ``λ_T = −∂ℓ/∂u_T``).
+
+    For complex state leaves ``u = a + ib``, ``convention`` says which gradient ``∂ℓ/∂u`` means:
+    ``"jax"`` (default) is ``jax.grad``'s, ``∂ℓ/∂a − i ∂ℓ/∂b``; ``"real"`` is the real-sense gradient
+    ``∂ℓ/∂a + i ∂ℓ/∂b`` (its conjugate: the steepest-ascent direction in ℂ ≅ ℝ², the convention of the LOA
+    docs). Real leaves are the same in both.
     """
+    if convention not in ("jax", "real"):
+        raise ValueError(f"`convention` must be 'jax' or 'real'; got {convention!r}.")
     t = num_phases(thetas)
     _check_state(u0)
     _check_phase(phase, u0, thetas, params)
+    if not callable(loss):
+        raise TypeError(f"`loss` must be a function `loss(u_T) -> real scalar`; got {type(loss).__name__}.")
+    value = jax.eval_shape(loss, u0)
+    if not isinstance(value, jax.ShapeDtypeStruct) or value.shape != () or \
+            not jnp.issubdtype(value.dtype, jnp.floating):
+        raise ValueError(f"`loss` must return a real scalar; got {getattr(value, 'shape', value)} "
+                         f"{getattr(value, 'dtype', '')} (sum or average a vector of losses first).")
     adjoint = MLM(checkpoint_every, scan_unroll=scan_unroll)
     u_final, residuals = _forward(phase, adjoint, u0, thetas, params)
     lam_final = jax.tree.map(jnp.negative, jax.grad(loss)(u_final))
     _, _, _, lams = _backward(phase, adjoint, t, residuals, thetas, params, lam_final, keep_multipliers=True)
-    return u_final, jax.tree.map(lambda early, last: jnp.concatenate([early, last[None]]), lams, lam_final)
+    lams = jax.tree.map(lambda early, last: jnp.concatenate([early, last[None]]), lams, lam_final)
+    return u_final, (jax.tree.map(jnp.conj, lams) if convention == "real" else lams)
 
 
 # ------------------------------------------------------------------ MLM internals

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from metajax._validation import check_key
+from metajax._validation import check_finite, check_key, is_concrete
 from metajax.bilevel.inner import check_optimizer
 
 
@@ -73,6 +73,30 @@ class TaskGroups(eqx.Module):
         if not groups:
             raise ValueError("`TaskGroups` needs at least one group.")
         self.groups = tuple(groups)
+        _check_distinct_task_ids(self.groups)
+
+
+def _check_distinct_task_ids(groups) -> None:
+    """Tasks of different groups must have different indices (each selects its own ω): with the default
+    ``task_ids`` every group would count from 0 and share the first group's task weights."""
+    from metajax.bilevel.losses import TaskBatch
+
+    seen = {}
+    for g, group in enumerate(groups):
+        batches = [b for b in jax.tree.leaves(group, is_leaf=lambda x: isinstance(x, TaskBatch))
+                   if isinstance(b, TaskBatch)]
+        ids = set()
+        for b in batches:
+            if not is_concrete(b.task):
+                return
+            ids.update(int(i) for i in jnp.atleast_1d(b.task))
+        for other, other_ids in seen.items():
+            if ids & other_ids:
+                raise ValueError(
+                    f"`TaskGroups`: groups {other} and {g} both use task indices {sorted(ids & other_ids)}, so they "
+                    "would share those task weights ω. Give every group its own indices, e.g. "
+                    "`sample_batch(..., task_ids=jnp.arange(n_g) + offset_g)`.")
+        seen[g] = ids
 
 
 def _check_params(name: str, tree) -> None:
@@ -80,6 +104,12 @@ def _check_params(name: str, tree) -> None:
     if not leaves:
         raise ValueError(f"`{name}` has no array leaves; expected the parameters to differentiate.")
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if not hasattr(leaf, "dtype") and not isinstance(leaf, (int, float)) or isinstance(leaf, bool):
+            raise TypeError(f"`{name}` leaf {jax.tree_util.keystr(path) or '(root)'} is a {type(leaf).__name__} "
+                            f"({leaf!r}); parameters must be real floating-point arrays (keep other values out of "
+                            "the differentiated PyTree, e.g. with `eqx.partition(model, eqx.is_inexact_array)`).")
+        if is_concrete(leaf) and hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating):
+            check_finite(f"{name} leaf {jax.tree_util.keystr(path) or '(root)'}", leaf)
         if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
             raise TypeError(
                 f"`{name}` leaf {jax.tree_util.keystr(path) or '(root)'} has dtype {jnp.result_type(leaf)}; "
@@ -183,4 +213,9 @@ def meta_step(method: BilevelMethod, inner_loss, outer_loss, params, state, args
         raise TypeError(f"`method` must be a metajax.bilevel method; got {type(method).__name__}.")
     optimizer = optax.adam(1e-3) if optimizer is None else optimizer
     check_optimizer("optimizer", optimizer)
+    expected = jax.tree.structure(jax.eval_shape(lambda p: method.init(p, optimizer), params))
+    if jax.tree.structure(state) != expected:
+        raise ValueError("`state` does not belong to this method, optimizer and `params`: its structure differs from "
+                         f"`init(method, params, optimizer)`'s ({jax.tree.structure(state)} vs {expected}). Create it "
+                         "with `init` and the same optimizer that `meta_step` is given.")
     return method.step(optimizer, inner_loss, outer_loss, params, state, args, key)

@@ -24,7 +24,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from metajax._validation import check_key
+from metajax._validation import check_key, is_concrete
 from metajax.data.tasks import Task
 from metajax.operators.base import LinearOperator
 
@@ -61,8 +61,11 @@ def sample_batch(tasks: Task, key, split: str, batch_size: int, task_ids=None) -
         raise ValueError("`tasks` must be stacked tasks (leading task axis); use `metajax.data.stack_tasks`.")
     n = tasks.train.shape[0]
     task_ids = jnp.arange(n) if task_ids is None else jnp.asarray(task_ids)
-    if task_ids.shape != (n,):
-        raise ValueError(f"`task_ids` must have shape ({n},) (one index per task); got {task_ids.shape}.")
+    if task_ids.shape != (n,) or not jnp.issubdtype(task_ids.dtype, jnp.integer):
+        raise ValueError(f"`task_ids` must be ({n},) integers (one index per task); got {task_ids.shape} "
+                         f"{task_ids.dtype}.")
+    if is_concrete(task_ids) and bool(jnp.any(task_ids < 0)):
+        raise ValueError(f"`task_ids` must be non-negative task indices; got {task_ids.tolist()}.")
     x, y = jax.vmap(lambda t, k: t.batch(k, split, batch_size))(tasks, jax.random.split(key, n))
     return TaskBatch(tasks.operator, x, y, task_ids)
 

@@ -9,8 +9,15 @@ differentiated: :class:`~metajax.adjoint.Autodiff` (JAX stores every
 intermediate of every inner step, including the network's), or
 :class:`~metajax.adjoint.MLM` (the K states only; each step is re-linearised in
 the backward pass). Differentiating an optimizer with state (Adam) goes through
-that state; give Adam ``eps_root > 0`` (e.g. ``optax.adam(lr, eps_root=1e-12)``)
-so the derivative of ``sqrt`` at a zero second moment stays finite.
+that state, and Adam's update ``m̂ / (√(v̂ + eps_root) + eps)`` is close to
+``sign(g)``: where an inner-gradient component is exactly zero, its derivative
+with respect to that component is ``1 / (√eps_root + eps)`` per step, about
+10⁶ with optax's defaults, and with ``eps_root = 0`` the derivative of ``sqrt``
+at 0 makes it NaN. The meta-gradient is then exact (it agrees with finite
+differences wherever they can resolve it) but useless: ``eps_root > 0`` only
+removes the NaN. For MAML through Adam use a large ``eps`` (e.g.
+``optax.adam(lr, eps=1e-3, eps_root=1e-12)``, whose slope is at most 10³), or
+SGD / momentum, whose updates are smooth.
 ``first_order=True`` is FOMAML: the gradient ``∇L_out(φ_K)`` at the adapted
 parameters, with φ_K computed from ``stop_gradient(θ)``. ``proximal=μ`` adds the
 proximal term of iMAML to the inner objective (θ then enters through the start

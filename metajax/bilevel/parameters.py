@@ -27,7 +27,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from metajax._validation import check_positive_int
+from metajax._validation import check_positive_int, is_concrete
 from metajax.adjoint import Adjoint
 
 
@@ -60,6 +60,14 @@ class TaskWeighted(eqx.Module):
         self.adjoint = adjoint
 
     def __call__(self, operator, y, task):
+        n = self.omega.shape[0]
+        if jnp.ndim(task) != 0 or not jnp.issubdtype(jnp.result_type(task), jnp.integer):
+            raise TypeError(f"`task` must be an integer scalar (the task's index); got {task!r}.")
+        if is_concrete(task):
+            if not 0 <= int(task) < n:
+                raise IndexError(f"`task` = {int(task)} is out of range for a model with {n} task weights.")
+        else:  # JAX would clamp an out-of-range index to the last task
+            task = eqx.error_if(task, (task < 0) | (task >= n), f"`task` is out of range for {n} task weights.")
         return _call(self.net, operator, y, self.omega[task], self.adjoint)
 
 

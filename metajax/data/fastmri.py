@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from metajax._validation import check_finite, require_file
+from metajax.data.sources import slice_indices
 
 _ISMRMRD_NS = "{http://www.ismrm.org/ISMRMRD}"
 
@@ -41,12 +42,14 @@ class FastMRIVolume:
         return self.kspace.ndim == 4
 
 
-def _recon_size(header: bytes | str) -> tuple[int, int]:
-    root = ET.fromstring(header)
-    size = root.find(f"{_ISMRMRD_NS}encoding/{_ISMRMRD_NS}reconSpace/{_ISMRMRD_NS}matrixSize")
-    if size is None:
-        raise ValueError("`ismrmrd_header` has no encoding/reconSpace/matrixSize element.")
-    return int(size.find(f"{_ISMRMRD_NS}x").text), int(size.find(f"{_ISMRMRD_NS}y").text)
+def _recon_size(header: bytes | str, path) -> tuple[int, int]:
+    try:
+        size = ET.fromstring(header).find(f"{_ISMRMRD_NS}encoding/{_ISMRMRD_NS}reconSpace/{_ISMRMRD_NS}matrixSize")
+        return int(size.find(f"{_ISMRMRD_NS}x").text), int(size.find(f"{_ISMRMRD_NS}y").text)
+    except (ET.ParseError, AttributeError, TypeError, ValueError) as error:
+        raise ValueError(f"`path`: the ismrmrd_header of {str(path)!r} is malformed: it needs an XML "
+                         f"encoding/reconSpace/matrixSize with integer x and y ({type(error).__name__}: {error}).") \
+            from None
 
 
 def _dataset(f: h5py.File, key: str, path) -> h5py.Dataset:
@@ -66,29 +69,39 @@ def load_fastmri(path, slices=None, target_key: str | None = "auto") -> FastMRIV
             multi-coil k-space; ``None`` reads no target (e.g. challenge test files).
     """
     path = require_file("path", path)
-    selection = slice(None) if slices is None else slices
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as error:
+        raise ValueError(f"`path`: {str(path)!r} is not a readable HDF5 file ({error}).") from None
+    with f:
         kspace_ds = _dataset(f, "kspace", path)
         if kspace_ds.ndim not in (3, 4) or not np.issubdtype(kspace_ds.dtype, np.complexfloating):
             raise ValueError(
                 f"`path`: kspace in {path.name} must be complex (slices, [coils,] H, W); "
                 f"got shape {kspace_ds.shape} dtype {kspace_ds.dtype}."
             )
-        kspace = np.asarray(kspace_ds[selection], dtype=np.complex64)
-        if kspace.ndim == kspace_ds.ndim - 1:  # a single integer slice index
-            kspace = kspace[None]
+        if kspace_ds.shape[0] == 0:
+            raise ValueError(f"`path`: kspace in {path.name} holds no slices (shape {kspace_ds.shape}).")
+        chosen = slice_indices("slices", slices, kspace_ds.shape[0])
+        order = np.argsort(chosen)  # HDF5 reads increasing indices; the caller's order is restored
+
+        def read(dataset, dtype):
+            values = np.empty((len(chosen), *dataset.shape[1:]), dtype)
+            values[order] = dataset[np.sort(chosen)]
+            return values
+
+        kspace = read(kspace_ds, np.complex64)
         check_finite(f"kspace in {path.name}", kspace)
         if target_key == "auto":
             target_key = "reconstruction_rss" if kspace_ds.ndim == 4 else "reconstruction_esc"
         target = None
         if target_key is not None:
-            target = np.asarray(_dataset(f, target_key, path)[selection], dtype=np.float32)
-            target = target[None] if target.ndim == 2 else target
+            target_ds = _dataset(f, target_key, path)
+            if target_ds.ndim != 3 or target_ds.shape[0] != kspace_ds.shape[0]:
+                raise ValueError(f"`path`: {target_key} in {path.name} has shape {target_ds.shape}; expected "
+                                 f"({kspace_ds.shape[0]}, h, w), one image per k-space slice.")
+            target = read(target_ds, np.float32)
             check_finite(f"{target_key} in {path.name}", target)
-            if target.shape[0] != kspace.shape[0]:
-                raise ValueError(
-                    f"`path`: {target_key} has {target.shape[0]} slices but kspace has {kspace.shape[0]}."
-                )
-        recon_size = _recon_size(f["ismrmrd_header"][()]) if "ismrmrd_header" in f else None
+        recon_size = _recon_size(f["ismrmrd_header"][()], path) if "ismrmrd_header" in f else None
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
     return FastMRIVolume(kspace=kspace, target=target, recon_size=recon_size, attrs=attrs)

@@ -12,11 +12,33 @@ from pathlib import Path
 
 import numpy as np
 
-from metajax._validation import check_finite, check_positive_int, require_file
+from metajax._validation import check_finite, check_positive_int, check_shape2d, require_file
 
 TEMPLATE_FILE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 # Axial planes of the 1 mm template that cross the brain (inferior cerebellum to vertex).
 _AXIAL_RANGE = (40, 141)
+
+
+def slice_indices(name: str, slices, count: int) -> np.ndarray:
+    """The slice numbers that ``slices`` (None: all, an int, a ``slice`` or a sequence of ints) selects among
+    ``count``, checked: in range (negative numbers count from the end), no repeats, at least one."""
+    if slices is None:
+        return np.arange(count)
+    if isinstance(slices, slice):
+        chosen = np.arange(count)[slices]
+    else:
+        values = np.atleast_1d(np.asarray(slices))
+        if values.ndim != 1 or not (np.issubdtype(values.dtype, np.integer) and values.dtype != bool):
+            raise TypeError(f"`{name}` must be None, an int, a slice or a sequence of ints; got {slices!r}.")
+        bad = values[(values < -count) | (values >= count)]
+        if bad.size:
+            raise IndexError(f"`{name}`: slice(s) {bad[:5].tolist()} out of range for {count} slices.")
+        chosen = values % count
+        if len(np.unique(chosen)) != len(chosen):
+            raise ValueError(f"`{name}` selects some slices more than once: {np.asarray(slices).tolist()}.")
+    if chosen.size == 0:
+        raise ValueError(f"`{name}` = {slices!r} selects no slice of {count}.")
+    return chosen
 
 
 def normalize_per_slice(images) -> np.ndarray:
@@ -77,6 +99,10 @@ def default_images(num_slices: int = 32, size: int = 256) -> np.ndarray:
     """
     num_slices = check_positive_int("num_slices", num_slices)
     size = check_positive_int("size", size)
+    distinct = _AXIAL_RANGE[1] - _AXIAL_RANGE[0]
+    if num_slices > distinct:
+        raise ValueError(f"`num_slices` must be at most {distinct} (the template's distinct axial planes "
+                         f"{_AXIAL_RANGE[0]}..{_AXIAL_RANGE[1] - 1}); got {num_slices}.")
     return _default_images(num_slices, size).copy()
 
 
@@ -91,17 +117,16 @@ def load_nifti(path, axis: int = 2, slices=None) -> np.ndarray:
     import nibabel as nib
 
     path = require_file("path", path)
-    volume = np.asarray(nib.load(str(path)).dataobj)
-    if volume.ndim != 3:
-        raise ValueError(f"`path`: {path.name} holds a {volume.ndim}-D volume {volume.shape}; expected 3-D.")
     if axis not in (0, 1, 2):
         raise ValueError(f"`axis` must be 0, 1 or 2; got {axis!r}.")
+    try:
+        volume = np.asarray(nib.load(str(path)).dataobj)
+    except Exception as error:  # nibabel's ImageFileError, gzip/EOF errors of a truncated file
+        raise ValueError(f"`path`: {str(path)!r} is not a readable NIfTI volume ({error}).") from None
+    if volume.ndim != 3:
+        raise ValueError(f"`path`: {path.name} holds a {volume.ndim}-D volume {volume.shape}; expected 3-D.")
     stack = np.moveaxis(volume, axis, 0)
-    if slices is not None:
-        stack = stack[slices]
-        if stack.ndim == 2:
-            stack = stack[None]
-    stack = stack.astype(np.float32)
+    stack = stack[slice_indices("slices", slices, len(stack))].astype(np.float32)
     check_finite(f"volume in {path.name}", stack)
     return stack
 
@@ -124,16 +149,29 @@ def load_image_folder(path, as_gray: bool = False) -> np.ndarray:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"`path`: no {'/'.join(_IMAGE_SUFFIXES)} images in {str(folder)!r}.")
-    images = []
+    images, modes = [], {}
     for file in files:
-        with Image.open(file) as im:
+        try:
+            im = Image.open(file)
+            im.load()
+        except Exception as error:  # PIL's UnidentifiedImageError, truncated or corrupt files
+            raise ValueError(f"`path`: {file.name} in {str(folder)!r} is not a readable image ({error}).") from None
+        with im:
+            if getattr(im, "n_frames", 1) > 1:
+                raise ValueError(f"`path`: {file.name} holds {im.n_frames} pages; store one image per file "
+                                 "(only single-page images are read, so that none is dropped).")
             if im.mode in ("RGB", "RGBA", "P", "LA", "CMYK"):
                 if not as_gray:
                     raise ValueError(
                         f"`path`: {file.name} is a colour ({im.mode}) image; pass as_gray=True to convert."
                     )
                 im = im.convert("L")
+            modes.setdefault(im.mode, file.name)
             images.append(np.asarray(im, dtype=np.float32))
+    if len(modes) > 1:
+        raise ValueError(f"`path`: images in {str(folder)!r} have different pixel formats "
+                         f"({', '.join(f'{m} e.g. {f}' for m, f in modes.items())}); their intensities are not "
+                         "comparable. Convert them to one bit depth first.")
     shapes = {img.shape for img in images}
     if len(shapes) > 1:
         raise ValueError(f"`path`: images in {str(folder)!r} have different sizes {sorted(shapes)}.")
@@ -145,7 +183,7 @@ def load_image_folder(path, as_gray: bool = False) -> np.ndarray:
 def center_crop(images, shape) -> np.ndarray:
     """Crop the centre (h, w) region of (..., H, W) images (fastMRI ``center_crop``)."""
     images = np.asarray(images)
-    h, w = shape
+    h, w = check_shape2d("shape", shape)
     if images.ndim < 2 or h > images.shape[-2] or w > images.shape[-1]:
         raise ValueError(f"`shape` {tuple(shape)} does not fit inside images of shape {images.shape}.")
     top = (images.shape[-2] - h) // 2

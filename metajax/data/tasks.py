@@ -48,6 +48,11 @@ class Task(eqx.Module):
             if jnp.ndim(images) != 3:
                 raise ValueError(f"`{name}` must be an (N, H, W) image stack; got shape {jnp.shape(images)}.")
             check_finite(name, images)
+            try:  # the operator's own shape/dtype checks, on abstract values only
+                jax.eval_shape(operator, jax.ShapeDtypeStruct(jnp.shape(images), jnp.result_type(images)))
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"`{name}` images do not fit `operator` ({type(operator).__name__}): "
+                                  f"{error}") from None
         if is_concrete(noise_std) and not np.all(np.asarray(noise_std) >= 0):
             raise ValueError(f"`noise_std` must be non-negative; got {noise_std}.")
         self.operator = operator
@@ -96,6 +101,9 @@ def split_images(images, fractions=(0.7, 0.15, 0.15), key=None):
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or not np.isclose(sum(fractions), 1.0):
         raise ValueError(f"`fractions` must be three non-negative numbers summing to 1; got {fractions}.")
+    if jnp.ndim(images) != 3:
+        raise ValueError(f"`images` must be an (N, H, W) stack; got shape {jnp.shape(images)} (a single image "
+                         "cannot be split; stack several with `images[None]` or `np.stack`).")
     n = len(images)
     n_train = int(round(fractions[0] * n))
     n_val = int(round(fractions[1] * n))

@@ -5,11 +5,19 @@ the solver state (optimizer states, schedules, counters) after that many steps.
 The PRNG key and the data order are functions of ``(trainer.seed, step)``, so
 the step number is all a resumed run needs besides the two PyTrees. A run
 killed at any moment leaves either the previous checkpoint or the new one,
-never a partial file under a checkpoint name.
+never a partial file under a checkpoint name; a write that fails (a full or
+read-only disk) removes its temporary file and raises.
+
+Every checkpoint has a ``.sha256`` sidecar, written after it: :func:`latest`
+only offers checkpoints whose sidecar exists (one killed between the two
+writes is incomplete), and :func:`load` refuses a file whose bytes no longer
+match (a corrupted or truncated checkpoint is named, never used).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import re
 from pathlib import Path
@@ -19,22 +27,35 @@ import equinox as eqx
 _NAME = re.compile(r"^step_(\d{8})\.eqx$")
 
 
-def write_atomic(path: Path, tree) -> None:
-    """Serialise ``tree`` to ``path`` so that ``path`` is either absent/old or complete."""
+class CheckpointError(RuntimeError):
+    """A checkpoint or model file that cannot be written or read back as expected (names the file)."""
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        eqx.tree_serialise_leaves(f, tree)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"could not write {str(path)!r}: {error}") from None
+
+
+def write_atomic(path: Path, tree) -> str:
+    """Serialise ``tree`` to ``path`` so that ``path`` is either absent/old or complete; returns its SHA-256."""
+    buffer = io.BytesIO()
+    eqx.tree_serialise_leaves(buffer, tree)
+    data = buffer.getvalue()
+    _write_bytes_atomic(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    _write_bytes_atomic(path, text.encode())
 
 
 def path_of(directory: Path, step: int) -> Path:
@@ -45,23 +66,32 @@ def save(directory: Path, step: int, tree, keep: int = 2) -> Path:
     """Write ``directory/step_{step}.eqx`` atomically and delete all but the newest ``keep`` checkpoints."""
     Path(directory).mkdir(parents=True, exist_ok=True)
     path = path_of(directory, step)
-    write_atomic(path, tree)
+    write_text_atomic(_sidecar(path), write_atomic(path, tree))
     for old in list_steps(directory)[:-keep]:
         path_of(directory, old).unlink(missing_ok=True)
+        _sidecar(path_of(directory, old)).unlink(missing_ok=True)
     return path
+
+
+def _sidecar(path: Path) -> Path:
+    return Path(path).with_name(Path(path).name + ".sha256")
 
 
 def clear(directory: Path) -> None:
     """Delete every checkpoint in ``directory``."""
-    for step in list_steps(directory):
-        path_of(directory, step).unlink()
+    directory = Path(directory)
+    if directory.is_dir():
+        for p in directory.iterdir():
+            if _NAME.match(p.name.removesuffix(".sha256")):
+                p.unlink()
 
 
 def list_steps(directory: Path) -> list[int]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    return sorted(int(m.group(1)) for p in directory.iterdir() if (m := _NAME.match(p.name)))
+    return sorted(int(m.group(1)) for p in directory.iterdir()
+                  if (m := _NAME.match(p.name)) and _sidecar(p).is_file())
 
 
 def latest(directory: Path) -> tuple[int, Path] | None:
@@ -71,5 +101,17 @@ def latest(directory: Path) -> tuple[int, Path] | None:
 
 
 def load(path: Path, like):
-    """Deserialise a checkpoint into the structure (and dtypes) of ``like``."""
-    return eqx.tree_deserialise_leaves(path, like)
+    """Deserialise a checkpoint (or ``model.eqx``) into the structure (and dtypes) of ``like``; a checkpoint's
+    bytes must match its ``.sha256`` sidecar."""
+    path = Path(path)
+    data = path.read_bytes()
+    sidecar = _sidecar(path)
+    if sidecar.is_file() and hashlib.sha256(data).hexdigest() != sidecar.read_text().strip():
+        raise CheckpointError(f"{str(path)!r} is corrupted: its bytes do not match {sidecar.name}. Delete both "
+                              "to resume from the previous checkpoint, or start a new run directory.")
+    try:
+        return eqx.tree_deserialise_leaves(io.BytesIO(data), like)
+    except Exception as error:  # truncated file, or parameters of another shape/structure
+        raise CheckpointError(f"{str(path)!r} does not hold parameters of this configuration's model "
+                              f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). Was "
+                              "it written by another configuration or truncated?") from None

@@ -48,8 +48,10 @@ from omegaconf import OmegaConf
 
 from metajax import bilevel, pretrained
 from metajax.engine import distributed, evaluation
+from metajax.engine.checkpoint import CheckpointError
 from metajax.engine.config import SOLVERS, register
 from metajax.engine.experiment import ConfigError, Experiment
+from metajax.engine.validation import check_config
 from metajax.engine.models import ModelSource, load_model_source
 from metajax.engine.runner import TrainingError, machine_info, train
 
@@ -63,6 +65,16 @@ def _out_dir() -> Path:
 
 def _base() -> Path:
     return Path(hydra.utils.get_original_cwd())
+
+
+def _fresh_out_dir() -> Path:
+    """The run directory of an evaluation or adaptation: never a training run's, whose results it would
+    overwrite."""
+    out_dir = _out_dir()
+    if (out_dir / "train_log.jsonl").is_file() or (out_dir / "model.eqx").is_file():
+        raise ConfigError(f"`hydra.run.dir` = {str(out_dir)!r} is a training run's directory; its metrics.json and "
+                          "results.md would be overwritten. Give the evaluation its own hydra.run.dir.")
+    return out_dir
 
 
 def _report(out_dir: Path, rows, images, ratios, cfg, title: str, extra: dict | None = None) -> None:
@@ -176,7 +188,7 @@ def train_main(cfg) -> None:
     try:
         shipped = _pretrained_method(cfg)
         result = train(cfg, out_dir, _base())
-    except (ConfigError, FileNotFoundError, TrainingError, ValueError) as error:
+    except (ConfigError, FileNotFoundError, TrainingError, CheckpointError, ValueError) as error:
         _fail(error)
     exp, params = result["experiment"], result["params"]
     model = exp.model(params)
@@ -230,14 +242,15 @@ def evaluate_main(cfg) -> None:
         _fail(ConfigError("`model_dir` must name a trained run directory or pretrained:NAME "
                           "(model_dir=outputs/... or model_dir=pretrained:chest_dcnet)."))
     try:
+        out_dir = _fresh_out_dir()
         source = load_model_source(cfg.model_dir, _base())
         exp = Experiment(evaluation_config(cfg, source.config, _user_overrides()), _base())
         methods = {source.label: _model_method(source, exp), **_pretrained_method(cfg)}
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, FileNotFoundError, CheckpointError, ValueError) as error:
         _fail(error)
     rows, images = evaluation.evaluate(methods, exp.tasks, exp.cfg.tasks.ratios, cfg.eval.split,
                                        exp.cfg.trainer.seed, log=_log)
-    _report(_out_dir(), rows, images, exp.cfg.tasks.ratios, cfg, f"{cfg.model_dir}, {cfg.eval.split} split")
+    _report(out_dir, rows, images, exp.cfg.tasks.ratios, cfg, f"{cfg.model_dir}, {cfg.eval.split} split")
 
 
 @hydra.main(version_base=None, config_name="run")
@@ -248,7 +261,7 @@ def baselines_main(cfg) -> None:
         exp = Experiment(cfg, _base())
         shipped = _pretrained_method(cfg)
         methods, extra = _baseline_methods(cfg, exp, out_dir, None)
-    except (ConfigError, FileNotFoundError, TrainingError, ValueError) as error:
+    except (ConfigError, FileNotFoundError, TrainingError, CheckpointError, ValueError) as error:
         _fail(error)
     rows, images = evaluation.evaluate({**methods, **shipped}, exp.tasks, cfg.tasks.ratios, cfg.eval.split,
                                        cfg.trainer.seed, log=_log)
@@ -312,14 +325,15 @@ def adapt_model(cfg, source: ModelSource, new_exp: Experiment):
 
 @hydra.main(version_base=None, config_name="adapt")
 def adapt_main(cfg) -> None:
-    out_dir = _out_dir()
     try:
+        out_dir = _fresh_out_dir()
+        check_config(cfg)
         source = load_model_source(cfg.adapt.model_dir, _base())
         new_exp = Experiment(OmegaConf.merge(cfg, {"model": source.config.model}), _base())
         if source.per_task is None:
             before = _model_method(source, new_exp)
         adapted, seconds = adapt_model(cfg, source, new_exp)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, FileNotFoundError, CheckpointError, ValueError) as error:
         _fail(error)
     first = lambda i: 0  # noqa: E731 (each adapted model has one task)
     methods = {"before adaptation": before,

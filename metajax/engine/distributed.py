@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from metajax.engine.experiment import ConfigError
+from metajax.engine.validation import ConfigError
 
 _ADDRESS = re.compile(r"^\[?[\w.\-:]+\]?:\d{1,5}$")
 

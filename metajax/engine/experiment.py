@@ -49,13 +49,9 @@ from metajax import bilevel, data, masks, metrics
 from metajax.adjoint import MLM, Autodiff
 from metajax.bilevel import TaskBatch
 from metajax.models import LOA, DCNet, PDNet
+from metajax.engine.validation import ConfigError, check_config
 from metajax.operators import SingleCoilMRI
 
-SOLVERS = ("penalty", "implicit", "maml", "fomaml", "task_weights", "conventional", "joint")
-
-
-class ConfigError(ValueError):
-    """A configuration value that is well typed but not usable (names the key)."""
 
 
 def resolve_path(path: str, base: Path | None) -> Path:
@@ -79,8 +75,6 @@ def check_files(cfg, base: Path | None) -> None:
             raise ConfigError("`tasks.mask_file` must be set for tasks.mask='file'.")
         if not resolve_path(cfg.tasks.mask_file, base).is_file():
             raise FileNotFoundError(f"`tasks.mask_file`: {cfg.tasks.mask_file!r} does not exist.")
-    if cfg.solver.name not in SOLVERS:
-        raise ConfigError(f"`solver.name` must be one of {SOLVERS}; got {cfg.solver.name!r}.")
 
 
 def load_splits(cfg_data, base: Path | None) -> dict[str, np.ndarray]:
@@ -222,13 +216,8 @@ class Experiment:
 
     def __post_init__(self):
         cfg = self.cfg
+        check_config(cfg)
         check_files(cfg, self.base)
-        if cfg.trainer.batch < 1 or cfg.trainer.steps < 1:
-            raise ConfigError("`trainer.batch` and `trainer.steps` must be positive integers.")
-        if cfg.trainer.map_batch < 0 or cfg.trainer.val_every < 0:
-            raise ConfigError("`trainer.map_batch` and `trainer.val_every` must be non-negative integers.")
-        if cfg.solver.outer_split not in ("train", "val"):
-            raise ConfigError(f"`solver.outer_split` must be train or val; got {cfg.solver.outer_split!r}.")
         self.splits = load_splits(cfg.data, self.base)
         self.name = cfg.solver.name
         self.two_batches = self.name not in ("conventional", "joint")
@@ -246,8 +235,6 @@ class Experiment:
         self.tasks = build_tasks(cfg, self.splits, self.base)
         self.train_tasks = build_tasks(cfg, self.splits, self.base, self.crop) if self.crop else self.tasks
         self.num_tasks = len(cfg.tasks.ratios)
-        if cfg.solver.adjoint not in ("mlm", "autodiff"):
-            raise ConfigError(f"`solver.adjoint` must be autodiff or mlm; got {cfg.solver.adjoint!r}.")
         self.adjoint = MLM() if cfg.solver.adjoint == "mlm" else Autodiff()
         net = build_network(cfg.model, jax.random.key(cfg.trainer.seed))
         self.per_task = self.name == "conventional" and cfg.solver.per_task

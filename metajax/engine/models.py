@@ -18,6 +18,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from metajax import bilevel, pretrained
+from metajax.engine import checkpoint
 from metajax.engine.experiment import Experiment
 
 PRETRAINED = "pretrained:"
@@ -53,7 +54,7 @@ def load_model_source(spec: str, base: Path | None = None) -> ModelSource:
                                     f"directory or pretrained:NAME (available: {pretrained.available()}).")
     cfg = OmegaConf.load(run_dir / "config.yaml")
     exp = Experiment(cfg, base)
-    model = eqx.tree_deserialise_leaves(run_dir / "model.eqx", exp.model(exp.params))
+    model = checkpoint.load(run_dir / "model.eqx", exp.model(exp.params))
     label = f"{cfg.model.name} ({cfg.solver.name})"
     ratios = tuple(cfg.tasks.ratios)
     if exp.per_task:

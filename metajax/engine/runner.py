@@ -82,14 +82,20 @@ def check_resume_config(run_dir: Path, cfg) -> None:
     """Refuse to resume a run whose stored config differs (unless ``trainer.allow_config_change``)."""
     stored_path = run_dir / "config.yaml"
     current = comparable_config(cfg)
-    if stored_path.is_file() and checkpoint.latest(run_dir / "checkpoints"):
-        stored = comparable_config(OmegaConf.load(stored_path))
-        changes = list(_differences(stored, current))
-        if changes and not cfg.trainer.allow_config_change:
-            raise TrainingError(
-                f"{run_dir} holds checkpoints of a run with a different configuration ("
-                + "; ".join(changes) + "). Use a new run directory, or pass trainer.allow_config_change=true "
-                "to resume anyway.")
+    if not checkpoint.latest(run_dir / "checkpoints"):
+        return
+    if not stored_path.is_file():
+        if cfg.trainer.allow_config_change:
+            return
+        raise TrainingError(f"{run_dir} holds checkpoints but no config.yaml, so nothing shows they belong to this "
+                            "configuration. Use a new run directory, or pass trainer.allow_config_change=true to "
+                            "resume anyway.")
+    changes = list(_differences(comparable_config(OmegaConf.load(stored_path)), current))
+    if changes and not cfg.trainer.allow_config_change:
+        raise TrainingError(
+            f"{run_dir} holds checkpoints of a run with a different configuration ("
+            + "; ".join(changes) + "). Use a new run directory, or pass trainer.allow_config_change=true "
+            "to resume anyway.")
 
 
 def all_finite(tree) -> bool:
@@ -119,9 +125,20 @@ def _open_run(cfg, run_dir: Path, exp: Experiment, log):
     params, state = checkpoint.load(path, (params, state))
     log(f"resumed from checkpoint {path} at step {start} of {cfg.trainer.steps}")
     log_path = run_dir / "train_log.jsonl"  # the log of the steps before the resume, without those after it
-    kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= start]
+    kept = [line for line in _log_lines(log_path) if json.loads(line)["step"] <= start]
     log_path.write_text("".join(line + "\n" for line in kept))
     return start, params, state
+
+
+def _log_lines(path: Path) -> list[str]:
+    """The complete lines of ``train_log.jsonl``: a last line torn by a kill is dropped (its step is redone)."""
+    lines = [line for line in path.read_text().splitlines() if line] if path.is_file() else []
+    if lines:
+        try:
+            json.loads(lines[-1])
+        except json.JSONDecodeError:
+            lines.pop()
+    return lines
 
 
 def train(cfg, run_dir: Path, base: Path | None = None, log=print) -> dict:
@@ -137,19 +154,21 @@ def train(cfg, run_dir: Path, base: Path | None = None, log=print) -> dict:
     writer = distributed.is_writer()
     log = log if writer else (lambda message: None)
     ckpt_dir = run_dir / "checkpoints"
+    mesh = exp.mesh()  # checked before the run directory is touched
     start, params, state, refusal = 0, exp.params, exp.init_state(), None
     if writer:
         try:
             start, params, state = _open_run(cfg, run_dir, exp, log)
-        except TrainingError as error:
+        except (TrainingError, checkpoint.CheckpointError) as error:
             start, refusal = -1, error
+        except OSError as error:  # a read-only or full run directory
+            start, refusal = -1, TrainingError(f"cannot write the run directory {run_dir}: {error}")
     start = int(distributed.broadcast(np.int32(start)))  # process 0's decision, taken once
     if start < 0:
         raise refusal or TrainingError("process 0 refused to start the run (its error says why).")
     if start > 0:
         params, state = distributed.broadcast((params, state))
     resumed_from = start or None
-    mesh = exp.mesh()
     replicated = NamedSharding(mesh, PartitionSpec())
     train_tasks = distributed.put(exp.train_tasks, NamedSharding(mesh, PartitionSpec("tasks")))
     params, state = distributed.put((params, state), replicated)
@@ -237,7 +256,7 @@ def train(cfg, run_dir: Path, base: Path | None = None, log=print) -> dict:
         model = exp.model(params)
         checkpoint.write_atomic(run_dir / "model.eqx", model)
         _write_task_parameters(run_dir, exp, model, params)
-        records = [json.loads(line) for line in log_path.read_text().splitlines() if line]
+        records = [json.loads(line) for line in _log_lines(log_path)]
         _curves(run_dir, records, list(cfg.tasks.ratios))
     params = distributed.broadcast(params)  # every process goes on with the model process 0 wrote
     return {"experiment": exp, "params": params, "records": records,

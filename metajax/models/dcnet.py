@@ -39,7 +39,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from metajax._validation import check_positive, check_positive_int
+from metajax._validation import check_measurements, check_positive, check_positive_int, check_task_weight
 from metajax.adjoint import Autodiff, unroll
 from metajax.models.convolution import conv2d
 from metajax.models.layers import hwio, xavier_uniform
@@ -182,8 +182,11 @@ class DCNet(eqx.Module):
 
     def phase_inputs(self, operator, y, omega=None):
         """``(x₀, params)`` of the unrolled phases: the zero-filled image and the shared :class:`DCParams`."""
+        check_measurements(operator, y)
         x0 = operator.adjoint(y)
-        return x0, DCParams(self.cnn, operator, y, self.kappa(omega, jnp.finfo(x0.dtype).dtype))
+        real = jnp.finfo(x0.dtype).dtype
+        return x0, DCParams(self.cnn, operator, y, self.kappa(None if omega is None else check_task_weight(omega, real),
+                                                              real))
 
     def __call__(self, operator: LinearOperator, y: jax.Array, omega=None, *, adjoint=Autodiff()) -> jax.Array:
         """Reconstruct one complex image from ``y`` (task weight ``omega``); batches through ``jax.vmap``."""

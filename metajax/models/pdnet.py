@@ -21,7 +21,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from metajax._validation import check_positive_int
+from metajax._validation import check_measurements, check_positive_int
 from metajax.adjoint import Autodiff, unroll
 from metajax.models.layers import conv, conv_adjoint, from_channels, to_channels, xavier_uniform
 from metajax.operators.base import LinearOperator
@@ -76,6 +76,7 @@ class PDNet(eqx.Module):
         return {"kernel": self.kernel, "threshold": self.threshold, "tau": self.tau, "sigma": self.sigma}
 
     def initial_state(self, operator, y):
+        check_measurements(operator, y)
         x0 = operator.adjoint(y)
         if (self.kernel.shape[2] == 2) != jnp.iscomplexobj(x0):
             raise ValueError(
