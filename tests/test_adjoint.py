@@ -224,3 +224,12 @@ def test_bad_unroll_inputs_raise():
         MLM(checkpoint_every=0)
     with pytest.raises(TypeError, match=r"`adjoint` must be an Autodiff or MLM instance"):
         unroll(toy_phase, u0, thetas, params, adjoint="mlm")
+
+
+def test_mlm_differentiates_a_python_float_parameter_like_autodiff():
+    """A Python float in ``params`` reaches the custom_vjp's backward rule as a float, not an array: its gradient
+    must not be dropped (a float0 cotangent)."""
+    def total(c, adjoint):
+        return jnp.sum(unroll(lambda u, th, p: u * th + p, jnp.ones(3), jnp.full((2, 3), 0.5), c, adjoint=adjoint))
+
+    assert float(jax.grad(total)(1.0, MLM())) == pytest.approx(float(jax.grad(total)(1.0, Autodiff()))) == 4.5

@@ -203,7 +203,26 @@ def unroll(phase, u0, thetas, params, *, adjoint: Adjoint = Autodiff()):
     num_phases(thetas)
     _check_state(u0)
     _check_phase(phase, u0, thetas, params)
-    return adjoint.run(phase, u0, thetas, params)
+    if not isinstance(adjoint, MLM):
+        return adjoint.run(phase, u0, thetas, params)
+    try:
+        return adjoint.run(phase, u0, thetas, params)
+    except jax.errors.UnexpectedTracerError as error:
+        raise TypeError(_MLM_TRACER_HINT) from error
+    except TypeError as error:
+        if "forward-mode" not in str(error) and "jvp" not in str(error):
+            raise
+        raise TypeError(_MLM_JVP_HINT) from error
+
+
+_MLM_TRACER_HINT = (
+    "`phase` closes over a traced value (one being differentiated, vmapped or jit-traced from outside), which "
+    "the MLM adjoint (a jax.custom_vjp) cannot see: pass that value through `params` or `thetas` instead, or use "
+    "`adjoint=Autodiff()`.")
+_MLM_JVP_HINT = (
+    "forward-mode differentiation (jax.jvp, jax.jacfwd, jax.hessian) cannot go through the MLM adjoint, a "
+    "jax.custom_vjp with a reverse rule only: use `adjoint=Autodiff()` for forward mode, or reverse mode "
+    "(jax.grad, jax.vjp) with MLM.")
 
 
 def mlm_unroll(phase, u0, thetas, params, *, checkpoint_every=None, scan_unroll=1):
@@ -370,6 +389,9 @@ def _mlm(phase, adjoint: MLM, u0, thetas, params):
 
     def bwd(saved, cotangent):
         residuals, thetas, params = saved
+        # A Python float differentiated from outside arrives here as its primal value, a float: as an array it gets
+        # its gradient (not a float0, i.e. dropped, cotangent).
+        params = jax.tree.map(lambda leaf: jnp.asarray(leaf) if isinstance(leaf, (float, complex)) else leaf, params)
         lam_final = jax.tree.map(jnp.negative, cotangent)
         lam0, grad_params, grad_thetas, _ = _backward(phase, adjoint, t, residuals, thetas, params, lam_final, False)
         return jax.tree.map(jnp.negative, lam0), grad_thetas, _with_float0(params, grad_params)
