@@ -8,8 +8,13 @@ generators are pure functions of a ``jax.random`` key (same key, same mask) and
 are jit-compatible with ``shape`` and ``ratio`` static.
 
 Line masks sample whole columns (the phase-encoding direction is the last axis,
-as in fastMRI); the centred block of ``round(center_fraction · W)`` columns is
-always sampled.
+as in fastMRI); the centred block of ``round(center_fraction · W)`` columns
+(``center_fraction = 0.08`` by default) is always sampled.
+
+With one key, ``radial``, ``cartesian`` and ``variable_density`` masks are nested
+across ratios (the 20 % mask is a subset of the 40 % one); ``equispaced`` masks are
+not. A ratio that rounds to no point or line, or leaves fewer points than the
+fully sampled centre, raises.
 """
 
 from __future__ import annotations

@@ -412,10 +412,17 @@ def test_the_table_is_large_enough():
 # ------------------------------------------------------------------ console scripts
 
 
+ENTRY_POINTS = {"train": "cli:train_main", "evaluate": "cli:evaluate_main", "adapt": "cli:adapt_main",
+                "baselines": "cli:baselines_main", "reconstruct": "reconstruct:reconstruct_main"}
+
+
 def _script(entry, *overrides, cwd=ROOT):
-    return subprocess.run([sys.executable, str(ROOT / "experiments" / f"{entry}.py"), *overrides],
-                          capture_output=True, text=True, timeout=300, cwd=cwd,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    """The console script ``metajax-ENTRY`` with Hydra overrides (as the installed script runs it)."""
+    module, function = ENTRY_POINTS[entry].split(":")
+    code = (f"import sys; from metajax.engine.{module} import {function}; sys.argv = ['metajax-{entry}', "
+            f"*sys.argv[1:]]; {function}()")
+    return subprocess.run([sys.executable, "-c", code, *overrides], capture_output=True, text=True, timeout=300,
+                          cwd=cwd, env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 
 CLI = [
@@ -428,6 +435,13 @@ CLI = [
      "adapt.images"),
     ("adapt adapt.mode=all", ("adapt", "preset=ci", "adapt.model_dir=pretrained:chest_dcnet", "adapt.mode=all"),
      "adapt.mode"),
+    ("adapt adapt.lr=0", ("adapt", "preset=ci", "adapt.model_dir=pretrained:chest_dcnet", "adapt.lr=0"), "adapt.lr"),
+    ("train an unknown shipped model", ("train", "preset=ci", "eval.pretrained=chest_unet"), "chest_unet"),
+    ("evaluate an unknown shipped model", ("evaluate", "preset=ci", "model_dir=pretrained:chest_unet"), "chest_unet"),
+    ("reconstruct a missing input", ("reconstruct", "input=/nonexistent.h5"), "`input`"),
+    ("reconstruct a text file", ("reconstruct", f"input={__file__}"), "not a readable HDF5"),
+    ("reconstruct a negative scale", ("reconstruct", f"input={__file__}", "scale=-1"), "`scale`"),
+    ("baselines tasks.ratios=[2]", ("baselines", "preset=ci", "tasks.ratios=[2]"), "tasks.ratios"),
 ]
 
 
@@ -455,6 +469,11 @@ def test_a_corrupted_checkpoint_is_named_and_never_used(tmp_path):
     evaluation = _script("evaluate", f"model_dir={run}", f"hydra.run.dir={run}")  # into the training run's directory
     assert evaluation.returncode == 1 and "hydra.run.dir" in evaluation.stderr, evaluation.stderr[-2000:]
     assert json.loads((run / "metrics.json").read_text())["rows"], "the training run's metrics are untouched"
+    config = run / "config.yaml"  # a model.eqx that does not match its config: named before any work
+    config.write_text(config.read_text().replace("features: 2", "features: 3"))
+    mismatch = _script("evaluate", f"model_dir={run}", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert mismatch.returncode == 1 and "model.eqx" in mismatch.stderr and "Traceback" not in mismatch.stderr, \
+        mismatch.stderr[-2000:]
 
 
 # ------------------------------------------------------------------ valid edge cases that must keep working

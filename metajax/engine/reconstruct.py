@@ -71,7 +71,13 @@ def load_inputs(cfg, base: Path | None):
     if not path.is_file():
         raise FileNotFoundError(f"`input`: {str(path)!r} does not exist.")
     notes = []
-    with h5py.File(path, "r") as f:
+    if not (cfg.scale >= 0 and np.isfinite(cfg.scale)):
+        raise ValueError(f"`scale` must be 0 (each slice's zero-filled maximum) or a positive number; got {cfg.scale}.")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as error:
+        raise ValueError(f"`input`: {str(path)!r} is not a readable HDF5 file ({error}).") from None
+    with f:
         if "kspace" not in f:
             raise KeyError(f"`input`: {path.name} has no `kspace` dataset; keys: {sorted(f.keys())}.")
         ds = f["kspace"]
