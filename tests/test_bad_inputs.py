@@ -367,7 +367,9 @@ def _engine(*overrides):
     from metajax.engine.experiment import Experiment
     from metajax.engine.reproductions.common import engine_config
 
-    return Experiment(engine_config(["preset=ci", *overrides]), ROOT)
+    exp = Experiment(engine_config(["preset=ci", *overrides]), ROOT)
+    exp.mesh()  # the device check the training loop makes before touching the run directory
+    return exp
 
 
 _ENGINE_KEYS = [
@@ -391,9 +393,13 @@ _ENGINE_KEYS = [
     ("eval.tv_weights=[-1]", "eval.tv_weights"), ("eval.tv_iterations=0", "eval.tv_iterations"),
     ("data.train=[4,0]", "data.train"), ("data.val=[4]", "data.val"), ("data.test=[3,8]", "data.test"),
     ("data.source=dicom", "data.source"), ("data.test=[6,100]", "data.test"), ("trainer.batch=5", "trainer.batch"),
-    ("data.source=fastmri", "data.path"),
+    ("data.source=fastmri", "data.path"), ("data.size=0", "data.size"),
+    ("solver.per_task=true", "solver.per_task"), ("eval.figure_image=2", "eval.figure_image"),
+    ("eval.tv_tune_images=3", "eval.tv_tune_images"), ("trainer.devices=4", "trainer.devices"),
+    ("tasks.mask=file", "tasks.mask_file"), ("data.source=folder data.path=/nonexistent", "data.path"),
 ]
-ENGINE = [(f"config {override}", lambda t, o=override: _engine(o), ValueError, key) for override, key in _ENGINE_KEYS]
+ENGINE = [(f"config {override}", lambda t, o=override: _engine(*o.split()), (ValueError, FileNotFoundError), key)
+          for override, key in _ENGINE_KEYS]
 
 CASES = OPERATORS + MASKS + METRICS + DATA + MODELS + ADJOINT + BILEVEL + ENGINE
 

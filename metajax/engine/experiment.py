@@ -49,7 +49,7 @@ from metajax import bilevel, data, masks, metrics
 from metajax.adjoint import MLM, Autodiff
 from metajax.bilevel import TaskBatch
 from metajax.models import LOA, DCNet, PDNet
-from metajax.engine.validation import ConfigError, check_config
+from metajax.engine.validation import ConfigError, check_config, check_split_sizes
 from metajax.operators import SingleCoilMRI
 
 
@@ -77,8 +77,10 @@ def check_files(cfg, base: Path | None) -> None:
             raise FileNotFoundError(f"`tasks.mask_file`: {cfg.tasks.mask_file!r} does not exist.")
 
 
-def load_splits(cfg_data, base: Path | None) -> dict[str, np.ndarray]:
-    """``{"train", "val", "test"}`` → real (n, H, W) float32 images, each slice scaled to max 1."""
+def load_splits(cfg_data, base: Path | None) -> tuple[dict[str, np.ndarray], str]:
+    """``({"train", "val", "test"} → real (n, H, W) float32 images, each slice scaled to max 1; a sentence
+    saying what was loaded and done to it)``."""
+    cropped = ""
     if cfg_data.source == "template":
         images = data.default_images(cfg_data.num_slices, cfg_data.size)
     elif cfg_data.source == "chest":
@@ -94,10 +96,17 @@ def load_splits(cfg_data, base: Path | None) -> dict[str, np.ndarray]:
             raise ConfigError(f"`data.source` must be chest, template, fastmri, nifti or folder; got "
                               f"{cfg_data.source!r}.")
         images = loaders[cfg_data.source]()
-        if cfg_data.size and images.shape[-1] != cfg_data.size:
+        if cfg_data.size and images.shape[-2:] != (cfg_data.size, cfg_data.size):
+            loaded = images.shape
             images = data.center_crop(images, (cfg_data.size, cfg_data.size))
+            cropped = f", centre-cropped from {loaded[-2]}×{loaded[-1]}"
     if cfg_data.shuffle:
         images = np.asarray(images)[np.asarray(jax.random.permutation(jax.random.key(0), len(images)))]
+    where = "embedded" if cfg_data.source in EMBEDDED_SOURCES else str(resolve_path(cfg_data.path, base))
+    summary = (f"data: {cfg_data.source} ({where}), {len(images)} slices of {images.shape[-2]}×{images.shape[-1]}"
+               f"{cropped}{', shuffled' if cfg_data.shuffle else ''}; train "
+               f"{list(cfg_data.train)}, val {list(cfg_data.val)}, test {list(cfg_data.test)}, each slice scaled to "
+               f"max 1 ({len(images) - sum(b - a for a, b in (cfg_data.train, cfg_data.val, cfg_data.test))} unused)")
     splits = {}
     for name in ("train", "val", "test"):
         start, stop = getattr(cfg_data, name)
@@ -105,7 +114,7 @@ def load_splits(cfg_data, base: Path | None) -> dict[str, np.ndarray]:
             raise ConfigError(f"`data.{name}` = [{start}, {stop}) is not a slice range within the {len(images)} "
                               "images.")
         splits[name] = data.normalize_per_slice(np.asarray(images[start:stop], np.float32))
-    return splits
+    return splits, summary
 
 
 def make_mask(cfg_tasks, index: int, ratio: float, shape, seed: int, base: Path | None):
@@ -218,7 +227,8 @@ class Experiment:
         cfg = self.cfg
         check_config(cfg)
         check_files(cfg, self.base)
-        self.splits = load_splits(cfg.data, self.base)
+        self.splits, self.data_summary = load_splits(cfg.data, self.base)
+        check_split_sizes(cfg, self.splits)
         self.name = cfg.solver.name
         self.two_batches = self.name not in ("conventional", "joint")
         self.outer_part = 1 if self.two_batches and cfg.solver.outer_split == "train" else 0

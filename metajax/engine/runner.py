@@ -153,6 +153,7 @@ def train(cfg, run_dir: Path, base: Path | None = None, log=print) -> dict:
     exp = Experiment(cfg, base)  # loads data, fails on missing files before any compute
     writer = distributed.is_writer()
     log = log if writer else (lambda message: None)
+    log(exp.data_summary)
     ckpt_dir = run_dir / "checkpoints"
     mesh = exp.mesh()  # checked before the run directory is touched
     start, params, state, refusal = 0, exp.params, exp.init_state(), None

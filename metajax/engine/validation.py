@@ -81,9 +81,25 @@ def check_config(cfg) -> None:
     weights = list(cfg.eval.tv_weights)
     if not weights or not all(w > 0 for w in weights):
         _fail("eval.tv_weights", "a non-empty list of positive TV weights", weights)
+    if cfg.data.source == "template" and cfg.data.size < 8:
+        _fail("data.size", "at least 8 for the template (the image size it is resized to)", cfg.data.size)
+    if solver.per_task and solver.name != "conventional":
+        _fail("solver.per_task", "false unless solver=conventional (only conventional training has one network per "
+              "task)", solver.per_task)
     if cfg.model.name == "dcnet" and cfg.model.layers < 2:
         _fail("model.layers", "at least 2 for dcnet (an input and an output convolution)", cfg.model.layers)
     _check_splits(cfg.data)
+
+
+def check_split_sizes(cfg, splits) -> None:
+    """The values that need the loaded splits' sizes: evaluation's figure image and TV-tuning images."""
+    count = len(splits[cfg.eval.split])
+    if cfg.eval.figure_image >= count:
+        _fail("eval.figure_image", f"an image index below {count} (the images of eval.split={cfg.eval.split})",
+              cfg.eval.figure_image)
+    if cfg.eval.tv_tune_images > len(splits["val"]):
+        _fail("eval.tv_tune_images", f"0 (all) or at most {len(splits['val'])} (the validation images)",
+              cfg.eval.tv_tune_images)
 
 
 def _check_splits(cfg_data) -> None:
