@@ -508,3 +508,35 @@ def test_valid_edge_cases_keep_working():
     lambdas = multipliers(lambda u, th, p: u * th, lambda u: jnp.sum(jnp.abs(u) ** 2), jnp.ones(2, jnp.complex64),
                           jnp.full((1, 2), 1j), None, convention="real")[1]
     np.testing.assert_allclose(lambdas[-1], -2j * jnp.ones(2), atol=1e-6)  # −∇ℓ(u_T) in the real sense: −2 u_T
+
+
+def test_checkpoints_are_checked_and_failed_writes_leave_nothing(tmp_path):
+    from metajax.engine import checkpoint
+    from metajax.engine.runner import TrainingError, _log_lines, check_resume_config
+
+    tree = {"w": np.arange(3.0)}
+    folder = tmp_path / "checkpoints"
+    checkpoint.save(folder, 2, tree)
+    checkpoint.write_atomic(checkpoint.path_of(folder, 4), tree)  # killed before its checksum: incomplete
+    assert checkpoint.latest(folder)[0] == 2
+    with pytest.raises(checkpoint.CheckpointError, match="could not write"):
+        checkpoint.write_atomic(tmp_path / "missing" / "model.eqx", tree)
+    assert not list(tmp_path.rglob(".*.tmp"))
+    with pytest.raises(checkpoint.CheckpointError, match="does not hold parameters"):
+        checkpoint.load(checkpoint.path_of(folder, 2), {"w": np.zeros(4)})
+
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"trainer": {"allow_config_change": False}})
+    with pytest.raises(TrainingError, match="no config.yaml"):  # checkpoints whose config is unknown
+        check_resume_config(tmp_path, cfg)
+    log = tmp_path / "train_log.jsonl"
+    log.write_text('{"step": 1}\n{"step": 2}\n{"st')  # a line torn by a kill is dropped, not parsed
+    assert _log_lines(log) == ['{"step": 1}', '{"step": 2}']
+
+
+def test_nested_masks_across_ratios_with_one_key():
+    for make in (lambda r: masks.radial(KEY, (32, 32), r), lambda r: masks.cartesian(KEY, (32, 64), r),
+                 lambda r: masks.variable_density(KEY, (32, 32), r)):
+        small, large = np.asarray(make(0.2)), np.asarray(make(0.4))
+        assert (small <= large).all() and small.sum() < large.sum()
