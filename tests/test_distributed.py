@@ -108,6 +108,7 @@ def test_two_processes_equal_one_process_on_two_devices_and_survive_a_kill(tmp_p
 
 def test_multi_process_keys_are_checked_before_any_work(tmp_path):
     for overrides, key in ((["trainer.coordinator=localhost"], "trainer.coordinator"),
+                           (["trainer.coordinator=auto"], "trainer.coordinator=auto"),  # no cluster here
                            (["trainer.num_processes=2"], "trainer.coordinator"),
                            (["trainer.coordinator=127.0.0.1:1", "trainer.num_processes=2", "trainer.process_id=2"],
                             "trainer.process_id")):
