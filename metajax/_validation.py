@@ -155,6 +155,17 @@ def require_file(name: str, path) -> Path:
     return path
 
 
+def open_hdf5(name: str, path):
+    """``h5py.File(path, "r")``, raising ValueError (naming the argument) when ``path`` is not a readable HDF5
+    file."""
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        raise ValueError(f"`{name}`: {str(path)!r} is not a readable HDF5 file ({error}).") from None
+
+
 def check_measurements(operator, y) -> None:
     """``y`` holds the measurements of *one* image under ``operator`` (batches go through ``jax.vmap``), and
     no NaN/Inf (when concrete)."""

@@ -28,7 +28,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metajax._validation import as_binary_mask, check_key, check_positive, check_ratio, check_shape2d, require_file
+from metajax._validation import (
+    as_binary_mask,
+    check_key,
+    check_positive,
+    check_ratio,
+    check_shape2d,
+    open_hdf5,
+    require_file,
+)
 
 _GOLDEN_ANGLE = math.pi * (math.sqrt(5.0) - 1.0) / 2.0  # 111.25°: golden-ratio radial spoke increment
 
@@ -197,10 +205,7 @@ def load_masks(path) -> dict[str, np.ndarray]:
     """
     path = require_file("path", path)
     masks = {}
-    try:
-        f = h5py.File(path, "r")
-    except OSError as error:
-        raise ValueError(f"`path`: {str(path)!r} is not a readable HDF5 file ({error}).") from None
+    f = open_hdf5("path", path)
     with f:
         for name, item in f.items():
             if not isinstance(item, h5py.Dataset):

@@ -14,7 +14,7 @@ import xml.etree.ElementTree as ET
 import h5py
 import numpy as np
 
-from metajax._validation import check_finite, require_file
+from metajax._validation import check_finite, open_hdf5, require_file
 from metajax.data.sources import slice_indices
 
 _ISMRMRD_NS = "{http://www.ismrm.org/ISMRMRD}"
@@ -69,10 +69,7 @@ def load_fastmri(path, slices=None, target_key: str | None = "auto") -> FastMRIV
             multi-coil k-space; ``None`` reads no target (e.g. challenge test files).
     """
     path = require_file("path", path)
-    try:
-        f = h5py.File(path, "r")
-    except OSError as error:
-        raise ValueError(f"`path`: {str(path)!r} is not a readable HDF5 file ({error}).") from None
+    f = open_hdf5("path", path)
     with f:
         kspace_ds = _dataset(f, "kspace", path)
         if kspace_ds.ndim not in (3, 4) or not np.issubdtype(kspace_ds.dtype, np.complexfloating):

@@ -43,7 +43,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING
 
 from metajax import masks as mask_io
-from metajax._validation import as_binary_mask
+from metajax._validation import as_binary_mask, open_hdf5
 from metajax.engine.experiment import ConfigError, resolve_path
 from metajax.engine.models import load_model_source
 from metajax.operators import SingleCoilMRI
@@ -73,10 +73,7 @@ def load_inputs(cfg, base: Path | None):
     notes = []
     if not (cfg.scale >= 0 and np.isfinite(cfg.scale)):
         raise ValueError(f"`scale` must be 0 (each slice's zero-filled maximum) or a positive number; got {cfg.scale}.")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as error:
-        raise ValueError(f"`input`: {str(path)!r} is not a readable HDF5 file ({error}).") from None
+    f = open_hdf5("input", path)
     with f:
         if "kspace" not in f:
             raise KeyError(f"`input`: {path.name} has no `kspace` dataset; keys: {sorted(f.keys())}.")
