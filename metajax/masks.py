@@ -32,6 +32,7 @@ from metajax._validation import (
     as_binary_mask,
     check_key,
     check_positive,
+    check_positive_int,
     check_ratio,
     check_shape2d,
     open_hdf5,
@@ -187,6 +188,237 @@ def _variable_density(key, shape, n, sigma, center_radius):
     score = -(rho**2) / (2 * sigma**2) + jax.random.gumbel(key, (h, w))
     in_center = rho <= center_radius
     return _first_n((jnp.where(in_center, rho, -score), ~in_center), n, (h, w))
+
+
+def _acceleration(acceleration) -> float:
+    if isinstance(acceleration, bool) or not isinstance(acceleration, numbers.Real) or not acceleration >= 1:
+        raise ValueError(f"`acceleration` must be a real number ≥ 1; got {acceleration!r}.")
+    return float(acceleration)
+
+
+def _fastmri_center(width: int, acceleration: float, center_fraction: float) -> tuple[np.ndarray, int]:
+    """fastMRI's centre block: ``round(W · center_fraction)`` columns starting at ``(W − n + 1) // 2``."""
+    if isinstance(center_fraction, bool) or not isinstance(center_fraction, numbers.Real) or \
+            not 0.0 < center_fraction < 1.0:
+        raise ValueError(f"`center_fraction` must be a real number in (0, 1); got {center_fraction!r}.")
+    low = round(width * center_fraction)
+    if low < 1 or low >= width / acceleration:
+        raise ValueError(f"`center_fraction` = {center_fraction} gives {low} centre columns of {width}; it must give "
+                         f"at least one and fewer than W / acceleration = {width / acceleration:.1f}.")
+    center = np.zeros(width, bool)
+    pad = (width - low + 1) // 2
+    center[pad:pad + low] = True
+    return center, low
+
+
+def fastmri_random(key, shape, acceleration: float = 4.0, center_fraction: float = 0.08) -> jax.Array:
+    """fastMRI's ``RandomMaskFunc``: the centre block plus each other column with probability p.
+
+    ``n = round(W · center_fraction)`` centre columns start at ``(W − n + 1) // 2``;
+    every other column is sampled independently with
+    ``p = (W / acceleration − n) / (W − n)``, so the *expected* number of
+    columns is ``W / acceleration`` (the achieved acceleration varies per key,
+    as in fastMRI). fastMRI's pairs are 4× with 0.08 and 8× with 0.04.
+    """
+    check_key("key", key)
+    h, w = check_shape2d("shape", shape)
+    acceleration = _acceleration(acceleration)
+    center, low = _fastmri_center(w, acceleration, center_fraction)
+    p = (w / acceleration - low) / (w - low)
+    columns = jnp.asarray(center) | (jax.random.uniform(key, (w,)) < p)
+    return jnp.broadcast_to(columns[None, :], (h, w))
+
+
+def fastmri_equispaced(key, shape, acceleration: float = 4.0, center_fraction: float = 0.08) -> jax.Array:
+    """fastMRI's ``EquispacedMaskFractionFunc``: the centre block plus columns at a constant spacing.
+
+    The spacing ``a' = acceleration · (n − W) / (n · acceleration − W)`` is chosen
+    so that centre plus equispaced columns total ``W / acceleration``; the
+    columns are ``round(offset + j · a')`` for ``j = 0, 1, …`` below ``W − 1``,
+    with ``offset`` uniform in ``{0, …, round(a') − 1}`` (drawn from ``key``).
+    (fastMRI's older ``EquiSpacedMaskFunc`` spaces by ``acceleration`` itself and
+    so samples more than ``W / acceleration`` columns; use :func:`equispaced` for a
+    fixed column count.)
+    """
+    check_key("key", key)
+    h, w = check_shape2d("shape", shape)
+    acceleration = _acceleration(acceleration)
+    center, low = _fastmri_center(w, acceleration, center_fraction)
+    spacing = acceleration * (low - w) / (low * acceleration - w)
+    offset = int(jax.random.randint(key, (), 0, max(1, round(spacing))))
+    picks = np.round(np.arange(offset, w - 1, spacing)).astype(int)
+    columns = center.copy()
+    columns[picks] = True
+    return jnp.broadcast_to(jnp.asarray(columns)[None, :], (h, w))
+
+
+@partial(jax.jit, static_argnums=(2,))
+def _poisson_sweep(order, radius, reach):
+    """Random sequential addition on the grid: visit pixels in ``order``; take one unless an earlier sample ``s``
+    lies within ``radius[s]`` of it (sigpy's rejection test), then block its own ellipse. ``reach`` ≥ radius."""
+    h, w = radius.shape
+    d = jnp.arange(-reach, reach + 1, dtype=radius.dtype)
+    dist2 = d[:, None] ** 2 + d[None, :] ** 2
+
+    def body(i, state):
+        mask, blocked = state
+        p = order[i]
+        py, px = p // w, p % w
+        take = ~blocked[py + reach, px + reach]
+        disc = take & (dist2 < radius[py, px] ** 2)
+        window = jax.lax.dynamic_slice(blocked, (py, px), disc.shape)
+        blocked = jax.lax.dynamic_update_slice(blocked, window | disc, (py, px))
+        return mask.at[py, px].set(take), blocked
+
+    blocked = jnp.zeros((h + 2 * reach, w + 2 * reach), bool)
+    mask, _ = jax.lax.fori_loop(0, h * w, body, (jnp.zeros((h, w), bool), blocked))
+    return mask
+
+
+def poisson_disc(key, shape, acceleration: float = 4.0, center_fraction: float = 0.08, min_distance: float = 1.0,
+                 crop_corner: bool = True, tolerance: float = 0.01) -> jax.Array:
+    """2-D variable-density Poisson-disc mask (sigpy's ``mri.poisson`` / BART's ``poisson -v``).
+
+    Samples keep a minimum distance that grows linearly with the k-space radius,
+    ``R(r) = min_distance · (1 + s · r)``, where ``r`` is the distance from the
+    calibration block normalised to 1 at the edge of each axis (sigpy's
+    definition); no sample lies closer than ``R`` (taken at the earlier sample)
+    to another. The slope ``s`` is found by bisection so that the achieved
+    acceleration ``H·W / #samples`` is within ``tolerance`` (relative) of
+    ``acceleration``. The fully sampled calibration block is
+    ``round(center_fraction · H) × round(center_fraction · W)``; with
+    ``crop_corner`` the corners ``r ≥ 1`` are never sampled (sigpy's default).
+    Samples are placed by random sequential addition in a key-given pixel order
+    (a maximal Poisson-disc set; sigpy grows an active list instead, with the
+    same rejection test). Not jit-compatible (the bisection is in Python).
+    """
+    check_key("key", key)
+    h, w = check_shape2d("shape", shape)
+    acceleration = _acceleration(acceleration)
+    min_distance = check_positive("min_distance", min_distance)
+    if isinstance(center_fraction, bool) or not isinstance(center_fraction, numbers.Real) or \
+            not 0.0 <= center_fraction < 1.0:
+        raise ValueError(f"`center_fraction` must be a real number in [0, 1); got {center_fraction!r}.")
+    ch, cw = round(center_fraction * h), round(center_fraction * w)
+    if ch * cw * acceleration > h * w:
+        raise ValueError(f"the {ch}×{cw} calibration block alone exceeds 1/{acceleration} of the {h}×{w} k-space; "
+                         "lower `center_fraction` or `acceleration`.")
+    y = np.maximum(np.abs(np.arange(h) - h / 2) - ch / 2, 0)
+    x = np.maximum(np.abs(np.arange(w) - w / 2) - cw / 2, 0)
+    r = np.hypot((y / max(y.max(), 1))[:, None], (x / max(x.max(), 1))[None, :])
+    calib = np.zeros((h, w), bool)
+    calib[int(h / 2 - ch / 2):int(h / 2 + ch / 2), int(w / 2 - cw / 2):int(w / 2 + cw / 2)] = True
+    order = jax.random.permutation(key, h * w)
+    lo, hi = 0.0, float(max(h, w))
+    for _ in range(60):
+        slope = (lo + hi) / 2
+        radius = min_distance * (1 + r * slope)
+        reach = max(1, math.ceil(float(radius.max())))
+        mask = np.array(_poisson_sweep(order, jnp.asarray(radius, jnp.float32), reach))
+        if crop_corner:
+            mask &= r < 1
+        mask |= calib
+        achieved = h * w / max(mask.sum(), 1)
+        if abs(achieved - acceleration) <= tolerance * acceleration:
+            return jnp.asarray(mask)
+        lo, hi = (slope, hi) if achieved < acceleration else (lo, slope)
+    raise ValueError(f"`acceleration` = {acceleration} is not reachable within {tolerance:.0%} for a {h}×{w} "
+                     f"Poisson-disc mask with `min_distance` = {min_distance} (closest: {achieved:.2f}).")
+
+
+def thin(key, mask, drop: float, center_fraction: float = 0.08) -> jax.Array:
+    """``mask`` with a random ``drop`` fraction of its sampled points outside the centre removed.
+
+    The centre is the ``round(center_fraction · H) × round(center_fraction · W)``
+    block around ``[H // 2, W // 2]`` (always kept); exactly
+    ``round(drop · m)`` of the ``m`` other sampled points are dropped (the
+    thinned masks of a k-space split, Yaman et al.'s SSDU).
+    """
+    check_key("key", key)
+    mask = as_binary_mask("mask", mask)
+    if isinstance(drop, bool) or not isinstance(drop, numbers.Real) or not 0.0 <= drop < 1.0:
+        raise ValueError(f"`drop` must be a real number in [0, 1); got {drop!r}.")
+    h, w = mask.shape
+    ch, cw = round(center_fraction * h), round(center_fraction * w)
+    center = np.zeros((h, w), bool)
+    center[h // 2 - ch // 2:h // 2 - ch // 2 + ch, w // 2 - cw // 2:w // 2 - cw // 2 + cw] = True
+    outer = np.asarray(mask) & ~center
+    count = round(drop * int(outer.sum()))
+    score = jnp.where(jnp.asarray(outer), jax.random.uniform(key, (h, w)), 2.0)
+    dropped = _first_n((score,), count, (h, w))
+    return jnp.asarray(mask) & ~dropped
+
+
+def is_line_mask(mask) -> jax.Array:
+    """True when ``mask`` (H, W) samples whole columns or whole rows (1-D Cartesian undersampling); jit-compatible."""
+    mask = jnp.asarray(mask, bool)
+    return jnp.all(mask == mask[:1]) | jnp.all(mask == mask[:, :1])
+
+
+FAMILIES = ("pseudo_radial", "radial", "fastmri_random", "fastmri_equispaced", "poisson_disc", "variable_density",
+            "thinned_pseudo_radial", "cartesian", "equispaced")
+"""Mask families :func:`family_mask` draws; each is parametrised by a sampling ratio (acceleration = 1 / ratio)."""
+
+
+def family_mask(key, family: str, shape, ratio: float, center_fraction: float | None = None):
+    """One mask of ``family`` at sampling ratio ``ratio`` (acceleration ``1 / ratio``), from ``key``.
+
+    - ``pseudo_radial``: the embedded 256² CS-MRI masks (ratios 0.1–0.5; ``key`` unused);
+    - ``thinned_pseudo_radial``: those with 40 % of their non-central points dropped (:func:`thin`);
+    - ``radial``, ``variable_density``, ``cartesian``, ``equispaced``: the generators above at ``ratio``;
+    - ``fastmri_random``, ``fastmri_equispaced``: fastMRI's masks at acceleration ``1 / ratio`` with
+      ``center_fraction`` (default: fastMRI's 0.08 at ≤ 4×, 0.04 beyond);
+    - ``poisson_disc``: :func:`poisson_disc` at acceleration ``1 / ratio``.
+    """
+    check_ratio("ratio", ratio)
+    if family not in FAMILIES:
+        raise ValueError(f"`family` must be one of {FAMILIES}; got {family!r}.")
+    if family in ("pseudo_radial", "thinned_pseudo_radial"):
+        from metajax.data import pseudo_radial_mask  # data depends on masks, not the reverse: import late
+
+        if tuple(shape) != (256, 256):
+            raise ValueError(f"`shape`: the embedded pseudo-radial masks are 256×256; got {tuple(shape)}.")
+        base = jnp.asarray(pseudo_radial_mask(ratio))
+        return base if family == "pseudo_radial" else thin(key, base, 0.4)
+    if family in ("radial", "variable_density", "cartesian"):
+        return globals()[family](key, shape, ratio)
+    if family == "equispaced":
+        return equispaced(shape, ratio)
+    acceleration = 1.0 / ratio
+    if center_fraction is None:
+        center_fraction = 0.08 if acceleration <= 4.0 + 1e-9 else 0.04
+    make = {"fastmri_random": fastmri_random, "fastmri_equispaced": fastmri_equispaced,
+            "poisson_disc": poisson_disc}[family]
+    return make(key, shape, acceleration, center_fraction)
+
+
+class MaskDistribution:
+    """A keyed distribution over masks: tasks ``(family, ratio)``, each a bank of masks drawn once from a key.
+
+    ``MaskDistribution(key, shape, [("fastmri_random", 0.25), ("poisson_disc", 0.125), …], bank=8)`` draws
+    ``bank`` masks per task (``fold_in(key, task)`` then ``fold_in(·, j)``; fixed masks such as
+    ``pseudo_radial`` have a bank of one repeated). ``masks`` is (tasks, bank, H, W) bool and
+    :meth:`sample` picks one per task from a key (jit-compatible), which is how a training loop draws a fresh
+    mask of every task each step without generating Poisson-disc masks inside ``jit``.
+    """
+
+    def __init__(self, key, shape, tasks, bank: int = 8):
+        check_key("key", key)
+        self.shape = check_shape2d("shape", shape)
+        self.tasks = tuple((str(f), float(r)) for f, r in tasks)
+        if not self.tasks:
+            raise ValueError("`tasks` must name at least one (family, ratio) pair.")
+        bank = check_positive_int("bank", bank)
+        fixed = ("pseudo_radial", "equispaced")
+        self.masks = jnp.stack([
+            jnp.stack([family_mask(jax.random.fold_in(jax.random.fold_in(key, i), 0 if family in fixed else j),
+                                   family, self.shape, ratio) for j in range(bank)])
+            for i, (family, ratio) in enumerate(self.tasks)])
+
+    def sample(self, key) -> jax.Array:
+        """One mask per task, (tasks, H, W), chosen uniformly from each task's bank by ``key``."""
+        pick = jax.random.randint(key, (len(self.tasks),), 0, self.masks.shape[1])
+        return self.masks[jnp.arange(len(self.tasks)), pick]
 
 
 def sampling_ratio(mask) -> jax.Array:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from metajax._validation import check_positive_int, is_concrete
 from metajax.adjoint import Adjoint
@@ -87,52 +88,82 @@ class Shared(eqx.Module):
 
 
 class RatioWeighted(eqx.Module):
-    """``x̂ = net(operator, y, ω(r))``: the task weight chosen from the sampling ratio r of ``operator.mask``.
+    """``x̂ = net(operator, y, ω(mask))``: the task weight chosen from the operator's sampling mask.
 
-    ω(r) interpolates the trained pairs (r_i, ω_i) linearly (``jnp.interp``) and
-    is constant beyond the smallest and largest trained ratio, so a mask between
-    two trained ratios gets a weight between theirs and a trained ratio gets its
-    own weight exactly. Works under ``jit`` and ``vmap`` (r is computed from the
-    mask, traced or not). The ``task`` argument of the meta-model signature is
-    ignored.
+    ω(r) interpolates the trained pairs (r_i, ω_i) linearly in the mask's
+    sampling ratio r (``jnp.interp``) and is constant beyond the smallest and
+    largest trained ratio, so a mask between two trained ratios gets a weight
+    between theirs and a trained ratio gets its own weight exactly. With
+    ``lines`` (one flag per task: was its mask a 1-D line mask?), the mask's
+    family decides first: a line mask (:func:`metajax.masks.is_line_mask`)
+    interpolates among the line tasks only, any other mask among the 2-D tasks
+    only (tasks of one family at one ratio share the mean of their ω; a family
+    with no task falls back to all tasks). Works under ``jit`` and ``vmap``
+    (computed from the mask, traced or not). The ``task`` argument of the
+    meta-model signature is ignored.
 
     Args:
         net: the network of a :class:`TaskWeighted` model.
-        ratios: the trained tasks' sampling ratios (N,), any order, distinct.
+        ratios: the trained tasks' sampling ratios (N,), any order; distinct
+            within each family.
         omega: their trained weights (N,).
         adjoint: passed to ``net`` as ``adjoint=`` when given.
+        lines: optional (N,) bools, the family of each task (line or 2-D mask).
     """
 
     net: eqx.Module
     omega: jax.Array
     ratios: tuple[float, ...] = eqx.field(static=True)
     adjoint: Adjoint | None = None
+    lines: tuple[bool, ...] | None = eqx.field(static=True, default=None)
 
-    def __init__(self, net, ratios, omega, adjoint: Adjoint | None = None):
+    def __init__(self, net, ratios, omega, adjoint: Adjoint | None = None, lines=None):
         ratios = tuple(float(r) for r in ratios)
         omega = jnp.asarray(omega)
         if omega.shape != (len(ratios),) or len(ratios) == 0:
             raise ValueError(f"`omega` must have one weight per ratio, shape ({len(ratios)},); got {omega.shape}.")
-        if len(set(ratios)) != len(ratios) or not all(0 < r <= 1 for r in ratios):
-            raise ValueError(f"`ratios` must be distinct sampling ratios in (0, 1]; got {list(ratios)}.")
+        if not all(0 < r <= 1 for r in ratios):
+            raise ValueError(f"`ratios` must be sampling ratios in (0, 1]; got {list(ratios)}.")
+        if lines is not None:
+            lines = tuple(bool(v) for v in lines)
+            if len(lines) != len(ratios):
+                raise ValueError(f"`lines` must have one flag per ratio ({len(ratios)}); got {len(lines)}.")
+        elif len(set(ratios)) != len(ratios):
+            raise ValueError(f"`ratios` must be distinct (or told apart by `lines`); got {list(ratios)}.")
         order = sorted(range(len(ratios)), key=ratios.__getitem__)
         self.net = net
         self.ratios = tuple(ratios[i] for i in order)
         self.omega = omega[jnp.asarray(order)]
         self.adjoint = adjoint
+        self.lines = None if lines is None else tuple(lines[i] for i in order)
 
     @classmethod
-    def from_task_weighted(cls, model: TaskWeighted, ratios) -> RatioWeighted:
+    def from_task_weighted(cls, model: TaskWeighted, ratios, lines=None) -> RatioWeighted:
         """The :class:`TaskWeighted` ``model`` whose task i was trained at sampling ratio ``ratios[i]``."""
-        return cls(model.net, ratios, model.omega, model.adjoint)
+        return cls(model.net, ratios, model.omega, model.adjoint, lines)
+
+    def _interp(self, ratio, members) -> jax.Array:
+        """ω interpolated at ``ratio`` among the tasks ``members`` (tasks at one ratio averaged)."""
+        grid = sorted({self.ratios[i] for i in members})
+        weights = np.array([[float(self.ratios[i] == g and i in members) for i in range(len(self.ratios))]
+                            for g in grid])
+        weights /= weights.sum(axis=1, keepdims=True)
+        values = jnp.asarray(weights, self.omega.dtype) @ self.omega
+        return jnp.interp(ratio, jnp.asarray(grid, self.omega.dtype), values)
 
     def omega_for(self, operator) -> jax.Array:
-        """ω(r) for the operator's sampling ratio r (the fraction of ones in ``operator.mask``)."""
+        """ω for the operator's mask: its sampling ratio r (the fraction of ones), and its family with ``lines``."""
         mask = getattr(operator, "mask", None)
         if mask is None:
             raise TypeError(f"RatioWeighted needs an operator with a sampling `mask`; got {type(operator).__name__}.")
         ratio = jnp.mean(jnp.asarray(mask, self.omega.dtype))
-        return jnp.interp(ratio, jnp.asarray(self.ratios, self.omega.dtype), self.omega)
+        everyone = set(range(len(self.ratios)))
+        if self.lines is None:
+            return self._interp(ratio, everyone)
+        line = {i for i in everyone if self.lines[i]}
+        other = everyone - line
+        return jnp.where(is_line_mask(mask), self._interp(ratio, line or everyone),
+                         self._interp(ratio, other or everyone))
 
     def __call__(self, operator, y, task=None):
         return _call(self.net, operator, y, self.omega_for(operator), self.adjoint)

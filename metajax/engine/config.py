@@ -9,7 +9,10 @@ fails before anything runs). Groups and their options:
   ``fastmri`` / ``nifti`` / ``folder`` (set ``data.path``).
 - ``tasks``: ``pseudo_radial`` (the embedded pseudo-radial 256² masks; the
   default), ``radial`` (one ``masks.radial`` key per task), ``cartesian``,
-  ``variable_density``, ``file`` (set ``tasks.mask_file``).
+  ``variable_density``, ``fastmri_random`` / ``fastmri_equispaced`` /
+  ``poisson_disc`` (4× and 8×), ``thinned_pseudo_radial``, ``file`` (set
+  ``tasks.mask_file``), ``mixture`` (task i = ``families[i]`` at ``ratios[i]``,
+  a fresh mask of each task every training step from a bank of ``tasks.bank``).
 - ``model``: ``dcnet`` (:class:`~metajax.models.DCNet`, the default), ``loa``
   (metajax's default LOA), ``loa_paper`` (the paper's constants), ``pdnet``.
 - ``solver``: ``penalty``, ``implicit``, ``maml``, ``fomaml``, ``task_weights``,
@@ -17,7 +20,8 @@ fails before anything runs). Groups and their options:
   ``joint`` (θ and the task weights ω together on the training loss).
 - ``trainer``, ``eval``: one option each (``default``); set fields directly.
 - ``preset``: ``quick`` (the README main job, CPU minutes; the default),
-  ``ci`` (seconds), ``long`` (the shipped pretrained model, ≤ 90 CPU minutes),
+  ``ci`` (seconds), ``long`` (the shipped pretrained model's first stage, ≤ 90 CPU minutes),
+  ``robust`` (its second stage: mask-aware, on the mask mixture),
   ``paper`` (GPU hours); a preset overrides fields of the groups above, and
   command-line overrides come last.
 - ``cluster``: ``none`` (the default: Hydra's basic launcher), ``local`` (submitit_local, each sweep point as
@@ -49,10 +53,13 @@ class DataConfig:
 
 @dataclass
 class TasksConfig:
-    mask: str = "pseudo_radial"  # pseudo_radial (embedded, 256²) | radial | cartesian | equispaced | variable_density | file
+    mask: str = "pseudo_radial"  # a family of metajax.masks.FAMILIES (pseudo_radial: embedded, 256²), file, or
+    # mixture (task i: family families[i] at ratio ratios[i])
     mask_file: Optional[str] = None  # mask=file: HDF5 with datasets f"{mask_prefix}{round(100·ratio)}"
     mask_prefix: str = "radial_"
-    ratios: List[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4])
+    ratios: List[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4])  # sampling ratio = 1 / acceleration
+    families: List[str] = field(default_factory=list)  # mask=mixture: the family of each task (as long as ratios)
+    bank: int = 0  # training draws a fresh mask of each task every step from a bank of this many (0: one fixed mask)
     crop: int = 0  # training crop size (random crops; 0: full images); evaluation always uses full images
     noise_std: float = 0.0  # σ of complex Gaussian k-space noise per real component
 
@@ -64,6 +71,7 @@ class ModelConfig:
     features: int = 32  # DCNet: CNN channels; LOA: CNN kernels per layer; PDNet: channels
     layers: int = 5  # DCNet / LOA CNN layers
     mu: float = 0.05  # DCNet: initial data-consistency weight μ_k
+    mask_aware: bool = False  # DCNet: the CNN also sees the image's unmeasured part (docs/models.md)
 
 
 @dataclass
@@ -110,6 +118,8 @@ class TrainerConfig:
     resume: bool = True  # resume from the last checkpoint in the run directory
     allow_config_change: bool = False  # resume even if the configuration changed
     inject_nan_at: int = -1  # testing: make the loss NaN at this step
+    init: Optional[str] = None  # start θ from this trained model (model.eqx of a run, or pretrained:NAME); its ω
+    # interpolated at each task's ratio (tools/make_pretrained.py's second stage)
 
 
 @dataclass
@@ -186,6 +196,13 @@ PRESETS = {
         "trainer": {"steps": 2500, "batch": 1, "lr": 1e-3, "lr_schedule": "cosine", "map_batch": 1,
                     "checkpoint_every": 100, "val_every": 250},
     },
+    "robust": {  # the shipped chest_dcnet's second stage (tools/make_pretrained.py): the preset=long model,
+        # mask-aware, fine-tuned on a mixture of mask families and accelerations (a fresh mask every step)
+        "defaults": [{"override /solver": "joint"}, {"override /tasks": "mixture"}],
+        "model": {"phases": 5, "features": 16, "layers": 7, "mask_aware": True},
+        "trainer": {"steps": 450, "batch": 1, "lr": 3e-4, "lr_schedule": "cosine", "map_batch": 1,
+                    "checkpoint_every": 25, "val_every": 150},
+    },
     "paper": {  # selects the paper LOA and sets the paper's training constants (GPU hours)
         "defaults": [{"override /model": "loa_paper"}],
         "solver": {"outer_split": "val"},
@@ -233,6 +250,16 @@ TASKS = {
     "cartesian": TasksConfig(mask="cartesian"),
     "variable_density": TasksConfig(mask="variable_density"),
     "file": TasksConfig(mask="file"),
+    "fastmri_random": TasksConfig(mask="fastmri_random", ratios=[0.25, 0.125]),
+    "fastmri_equispaced": TasksConfig(mask="fastmri_equispaced", ratios=[0.25, 0.125]),
+    "poisson_disc": TasksConfig(mask="poisson_disc", ratios=[0.25, 0.125]),
+    "thinned_pseudo_radial": TasksConfig(mask="thinned_pseudo_radial"),
+    # the training mixture of the shipped model: pseudo-radial 10-40 %, fastMRI 1-D random and equispaced 4x / 8x,
+    # Poisson-disc 4x / 8x, variable density 5x, pseudo-radial thinned by 40 %; a fresh mask per task and step
+    "mixture": TasksConfig(mask="mixture", bank=8,
+                           families=["pseudo_radial"] * 4 + ["fastmri_random"] * 2 + ["fastmri_equispaced"] * 2
+                           + ["poisson_disc"] * 2 + ["variable_density", "thinned_pseudo_radial"],
+                           ratios=[0.1, 0.2, 0.3, 0.4, 0.25, 0.125, 0.25, 0.125, 0.25, 0.125, 0.2, 0.3]),
 }
 MODELS = {"dcnet": ModelConfig(), "loa": ModelConfig(name="loa", features=4, layers=3),
           "loa_paper": ModelConfig(name="loa_paper", phases=11, features=4, layers=3),

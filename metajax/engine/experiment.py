@@ -49,6 +49,7 @@ from metajax import bilevel, data, masks, metrics
 from metajax.adjoint import MLM, Autodiff
 from metajax.bilevel import TaskBatch
 from metajax.models import LOA, DCNet, PDNet
+from metajax.models.dcnet import with_mask_input
 from metajax.engine.validation import ConfigError, check_config, check_split_sizes
 from metajax.operators import SingleCoilMRI
 
@@ -117,17 +118,15 @@ def load_splits(cfg_data, base: Path | None) -> tuple[dict[str, np.ndarray], str
     return splits, summary
 
 
-def make_mask(cfg_tasks, index: int, ratio: float, shape, seed: int, base: Path | None):
+def task_families(cfg_tasks) -> list[str]:
+    """The mask family of each task: ``tasks.families`` for ``tasks.mask=mixture``, else ``tasks.mask`` for all."""
+    return list(cfg_tasks.families) if cfg_tasks.mask == "mixture" else [cfg_tasks.mask] * len(cfg_tasks.ratios)
+
+
+def make_mask(cfg_tasks, index: int, ratio: float, shape, seed: int, base: Path | None, family: str | None = None):
+    """The mask of task ``index`` (``family``: default ``tasks.mask``), drawn with ``fold_in(key(seed), index)``."""
     key = jax.random.fold_in(jax.random.key(seed), index)
-    kind = cfg_tasks.mask
-    if kind == "pseudo_radial":
-        if tuple(shape) != (256, 256):
-            raise ConfigError(f"`tasks.mask=pseudo_radial`: the embedded masks are 256×256 but the images (or training "
-                              f"crops) are {tuple(shape)}; use tasks=radial or full 256² images (tasks.crop=0).")
-        try:
-            return jnp.asarray(data.pseudo_radial_mask(ratio))
-        except ValueError as error:
-            raise ConfigError(f"`tasks.ratios`: {error}") from None
+    kind = cfg_tasks.mask if family is None else family
     if kind == "file":
         name = f"{cfg_tasks.mask_prefix}{round(100 * ratio)}"
         mask = masks.load_mask(resolve_path(cfg_tasks.mask_file, base), name)
@@ -135,27 +134,44 @@ def make_mask(cfg_tasks, index: int, ratio: float, shape, seed: int, base: Path 
             raise ConfigError(f"`tasks.mask_file`: mask {name!r} is {mask.shape} but the images (or training crops) "
                               f"are {tuple(shape)}; file masks need full images of their size (tasks.crop=0).")
         return jnp.asarray(mask)
-    if kind == "equispaced":
-        return masks.equispaced(shape, ratio)
-    if kind in ("radial", "cartesian", "variable_density"):
-        return getattr(masks, kind)(key, shape, ratio)
-    raise ConfigError("`tasks.mask` must be pseudo_radial, radial, cartesian, equispaced, variable_density or file; "
-                      f"got {kind!r}.")
+    if kind not in masks.FAMILIES:
+        raise ConfigError(f"`tasks.mask` must be one of {', '.join(masks.FAMILIES)}, file or mixture; got {kind!r}.")
+    if kind in ("pseudo_radial", "thinned_pseudo_radial") and tuple(shape) != (256, 256):
+        raise ConfigError(f"`tasks.mask={kind}`: the embedded masks are 256×256 but the images (or training "
+                          f"crops) are {tuple(shape)}; use tasks=radial or full 256² images (tasks.crop=0).")
+    try:
+        return jnp.asarray(masks.family_mask(key, kind, shape, ratio))
+    except ValueError as error:
+        raise ConfigError(f"`tasks.ratios`: {error}") from None
 
 
 def build_tasks(cfg, splits, base: Path | None, size: int | None = None):
     """Stacked tasks (one per ratio) whose operators act on ``size`` × ``size`` images (default: full size)."""
     shape = splits["test"].shape[1:] if size is None else (size, size)
     images = {k: jnp.asarray(v, jnp.complex64) for k, v in splits.items()}
-    tasks = [data.Task(SingleCoilMRI(make_mask(cfg.tasks, i, r, shape, cfg.trainer.seed, base)), images["train"],
-                       images["val"], images["test"], noise_std=cfg.tasks.noise_std)
-             for i, r in enumerate(cfg.tasks.ratios)]
+    tasks = [data.Task(SingleCoilMRI(make_mask(cfg.tasks, i, r, shape, cfg.trainer.seed, base, family)),
+                       images["train"], images["val"], images["test"], noise_std=cfg.tasks.noise_std)
+             for i, (family, r) in enumerate(zip(task_families(cfg.tasks), cfg.tasks.ratios))]
     return data.stack_tasks(tasks)
+
+
+def mask_bank(cfg, shape) -> masks.MaskDistribution | None:
+    """The training masks drawn per step (``tasks.bank`` per task, key ``seed + 2``), or None (fixed masks)."""
+    if not cfg.tasks.bank:
+        return None
+    if cfg.tasks.mask == "file":
+        raise ConfigError("`tasks.bank` needs generated masks; a mask file holds one mask per ratio (tasks.bank=0).")
+    entries = list(zip(task_families(cfg.tasks), cfg.tasks.ratios))
+    try:
+        return masks.MaskDistribution(jax.random.key(cfg.trainer.seed + 2), shape, entries, cfg.tasks.bank)
+    except ValueError as error:
+        raise ConfigError(f"`tasks`: {error}") from None
 
 
 def build_network(cfg_model, key):
     if cfg_model.name == "dcnet":
-        return DCNet(key, cfg_model.phases, layers=cfg_model.layers, channels=cfg_model.features, mu=cfg_model.mu)
+        return DCNet(key, cfg_model.phases, layers=cfg_model.layers, channels=cfg_model.features, mu=cfg_model.mu,
+                     mask_aware=cfg_model.get("mask_aware", False))
     if cfg_model.name == "loa":
         return LOA(key, cfg_model.phases, features=cfg_model.features, layers=cfg_model.layers)
     if cfg_model.name == "loa_paper":
@@ -244,6 +260,7 @@ class Experiment:
         self.crop = crop if crop and crop < full else 0
         self.tasks = build_tasks(cfg, self.splits, self.base)
         self.train_tasks = build_tasks(cfg, self.splits, self.base, self.crop) if self.crop else self.tasks
+        self.bank = mask_bank(cfg, self.train_tasks.operator.mask.shape[1:])
         self.num_tasks = len(cfg.tasks.ratios)
         self.adjoint = MLM() if cfg.solver.adjoint == "mlm" else Autodiff()
         net = build_network(cfg.model, jax.random.key(cfg.trainer.seed))
@@ -252,6 +269,8 @@ class Experiment:
             model = bilevel.TaskWeighted(net, self.num_tasks, adjoint=self.adjoint)
         else:
             model = bilevel.Shared(net, adjoint=self.adjoint)
+        if cfg.trainer.get("init"):
+            model = self._warm_start(model, cfg.trainer.init)
         if self.name == "penalty":
             self.params, self.static = bilevel.split_task_weights(model)
         else:
@@ -263,6 +282,27 @@ class Experiment:
         self.optimizer = optimizer(cfg.trainer.lr, cfg.trainer.omega_lr, cfg.trainer.lr_schedule, cfg.trainer.steps)
         self.method = self._method()
         self.map_batch = cfg.trainer.map_batch or None
+
+    def _warm_start(self, model, spec: str):
+        """``model`` with the network of the trained model ``spec`` (``trainer.init``) and, for task weights, ω
+        chosen by that model for each task's mask (a DCNet becomes mask-aware with zero weights on the mask
+        inputs: the same reconstructions until training uses them)."""
+        from metajax.engine.models import load_model_source  # models builds Experiments: import late
+
+        source = load_model_source(spec, self.base)
+        if source.model is None:
+            raise ConfigError(f"`trainer.init`: {spec} holds one network per task; give a joint model.")
+        net = source.model.net
+        if isinstance(model.net, DCNet) and model.net.cnn.mask_aware:
+            net = with_mask_input(net)
+        if jax.tree.structure(net) != jax.tree.structure(model.net) or \
+                [a.shape for a in jax.tree.leaves(net)] != [a.shape for a in jax.tree.leaves(model.net)]:
+            raise ConfigError(f"`trainer.init`: {spec} is not a network of this `model` config.")
+        model = eqx.tree_at(lambda m: m.net, model, net)
+        if isinstance(model, bilevel.TaskWeighted) and hasattr(source.model, "omega_for"):
+            omega = [source.model.omega_for(SingleCoilMRI(m)) for m in self.tasks.operator.mask]
+            model = eqx.tree_at(lambda m: m.omega, model, jnp.stack(omega).astype(model.omega.dtype))
+        return model
 
     # ---------------------------------------------------------------- model views
 
@@ -325,6 +365,9 @@ class Experiment:
 
         def step(params, state, train_tasks, key, step_index):
             k_train, k_val = jax.random.split(key)
+            if self.bank is not None:  # a fresh mask of every task from its bank
+                train_tasks = eqx.tree_at(lambda t: t.operator.mask, train_tasks,
+                                          self.bank.sample(jax.random.fold_in(key, 7)))
             b = cfg.trainer.batch
             if self.method is None:
                 train = sample_batches(train_tasks, k_train, "train", b, crop)

@@ -17,7 +17,7 @@ import equinox as eqx
 import numpy as np
 from omegaconf import OmegaConf
 
-from metajax import bilevel, pretrained
+from metajax import bilevel, masks, pretrained
 from metajax.engine import checkpoint
 from metajax.engine.experiment import Experiment
 
@@ -36,6 +36,13 @@ class ModelSource:
 def sampling_ratios(tasks) -> list[float]:
     """The measured sampled fraction of each stacked task's mask (what :class:`RatioWeighted` interpolates on)."""
     return [float(r) for r in np.asarray(tasks.operator.mask, np.float64).mean(axis=(-2, -1))]
+
+
+def line_tasks(tasks) -> list[bool] | None:
+    """Whether each stacked task's mask is a 1-D line mask, or None when all tasks are of one kind (then the
+    task weight depends on the ratio alone, as before)."""
+    lines = [bool(masks.is_line_mask(m)) for m in tasks.operator.mask]
+    return lines if len(set(lines)) > 1 else None
 
 
 def load_model_source(spec: str, base: Path | None = None) -> ModelSource:
@@ -60,5 +67,5 @@ def load_model_source(spec: str, base: Path | None = None) -> ModelSource:
     if exp.per_task:
         return ModelSource(None, cfg, ratios, label, per_task=lambda i: exp.task_model(model, i))
     if isinstance(model, bilevel.TaskWeighted):
-        model = bilevel.RatioWeighted.from_task_weighted(model, sampling_ratios(exp.tasks))
+        model = bilevel.RatioWeighted.from_task_weighted(model, sampling_ratios(exp.tasks), line_tasks(exp.tasks))
     return ModelSource(model, cfg, ratios, label)

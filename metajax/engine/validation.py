@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import sys
 
+from metajax.masks import FAMILIES
+
 SOLVERS = ("penalty", "implicit", "maml", "fomaml", "task_weights", "conventional", "joint")
 CHOICES = {
     "data.source": ("chest", "template", "fastmri", "nifti", "folder"),
-    "tasks.mask": ("pseudo_radial", "radial", "cartesian", "equispaced", "variable_density", "file"),
+    "tasks.mask": (*FAMILIES, "file", "mixture"),
     "model.name": ("dcnet", "loa", "loa_paper", "pdnet"),
     "solver.name": SOLVERS,
     "solver.adjoint": ("autodiff", "mlm"),
@@ -27,7 +29,7 @@ POSITIVE_INTS = ("data.num_slices", "model.phases", "model.features", "model.lay
                  "solver.theta_steps", "solver.cg_iters", "trainer.steps", "trainer.batch", "trainer.checkpoint_every",
                  "trainer.keep_checkpoints", "trainer.log_every", "trainer.num_processes", "trainer.heartbeat_timeout",
                  "trainer.init_timeout", "eval.tv_iterations", "adapt.images", "adapt.steps")
-NON_NEGATIVE_INTS = ("data.size", "tasks.crop", "trainer.map_batch", "trainer.val_every", "trainer.seed",
+NON_NEGATIVE_INTS = ("data.size", "tasks.crop", "tasks.bank", "trainer.map_batch", "trainer.val_every", "trainer.seed",
                      "trainer.devices", "trainer.process_id", "eval.tv_tune_images", "eval.figure_image")
 POSITIVE_REALS = ("model.mu", "solver.inner_lr", "solver.lam", "solver.delta", "solver.delta_tol", "trainer.lr",
                   "trainer.omega_lr", "adapt.lr")
@@ -76,7 +78,14 @@ def check_config(cfg) -> None:
     ratios = list(cfg.tasks.ratios)
     if not ratios or not all(0 < r <= 1 for r in ratios):
         _fail("tasks.ratios", "a non-empty list of sampling ratios in (0, 1]", ratios)
-    if len(set(ratios)) != len(ratios):
+    families = list(cfg.tasks.get("families", None) or [])
+    if cfg.tasks.mask == "mixture":
+        if len(families) != len(ratios) or not all(f in FAMILIES for f in families):
+            _fail("tasks.families", f"one family of {', '.join(FAMILIES)} per entry of tasks.ratios ({len(ratios)})",
+                  families)
+        if len(set(zip(families, ratios))) != len(ratios):
+            _fail("tasks.families", "distinct (family, ratio) pairs (one task each)", list(zip(families, ratios)))
+    elif len(set(ratios)) != len(ratios):
         _fail("tasks.ratios", "distinct ratios (one task each)", ratios)
     weights = list(cfg.eval.tv_weights)
     if not weights or not all(w > 0 for w in weights):

@@ -61,14 +61,15 @@ class ResidualCNN(eqx.Module):
     kernels: tuple[jax.Array, ...]
     biases: tuple[jax.Array, ...]
 
-    def __init__(self, key, layers: int = 5, channels: int = 32, kernel_size: int = 3, dtype=jnp.float32):
+    def __init__(self, key, layers: int = 5, channels: int = 32, kernel_size: int = 3, dtype=jnp.float32,
+                 mask_aware: bool = False):
         layers = check_positive_int("layers", layers)
         channels = check_positive_int("channels", channels)
         if layers < 2:
             raise ValueError(f"`layers` must be at least 2 (an input and an output convolution); got {layers}.")
         if check_positive_int("kernel_size", kernel_size) % 2 == 0:
             raise ValueError(f"`kernel_size` must be odd; got {kernel_size}.")
-        widths = [2] + [channels] * (layers - 1) + [2]
+        widths = [4 if mask_aware else 2] + [channels] * (layers - 1) + [2]
         keys = jax.random.split(key, layers)
         kernels = [hwio(xavier_uniform(keys[i], (widths[i + 1], widths[i], kernel_size, kernel_size), dtype, 2**0.5))
                    for i in range(layers - 1)]
@@ -76,9 +77,18 @@ class ResidualCNN(eqx.Module):
         self.kernels = tuple(kernels)
         self.biases = tuple(jnp.zeros(w, dtype) for w in widths[1:])
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    @property
+    def mask_aware(self) -> bool:
+        """Whether the CNN also sees the unmeasured part of its input (4 input channels instead of 2)."""
+        return self.kernels[0].shape[2] == 4
+
+    def __call__(self, x: jax.Array, unmeasured: jax.Array | None = None) -> jax.Array:
         real = jnp.finfo(x.dtype).dtype
-        h = jnp.stack([x.real, x.imag], axis=-1)[None].astype(real)  # (1, H, W, 2)
+        parts = [x] if unmeasured is None else [x, unmeasured]
+        if len(parts) * 2 != self.kernels[0].shape[2]:
+            raise ValueError(f"this CNN takes {self.kernels[0].shape[2] // 2} complex input(s); got {len(parts)} "
+                             "(a mask-aware CNN needs `unmeasured`).")
+        h = jnp.stack([c for p in parts for c in (p.real, p.imag)], axis=-1)[None].astype(real)  # (1, H, W, 2|4)
         last = len(self.kernels) - 1
         for i, (kernel, bias) in enumerate(zip(self.kernels, self.biases)):
             h = conv2d(h, kernel.astype(real)) + bias.astype(real)
@@ -132,7 +142,10 @@ class DCPhase(eqx.Module):
     cg_iters: int = eqx.field(static=True, default=10)
 
     def __call__(self, x, theta, params: DCParams):
-        z = x + params.kappa * params.cnn(x)
+        # mask-aware: the CNN also sees x − A^H A x, the part of x that data consistency will not correct
+        # (F^H (1 − M) F x for single-coil MRI)
+        unmeasured = x - params.operator.normal(x) if params.cnn.mask_aware else None
+        z = x + params.kappa * params.cnn(x, unmeasured)
         return data_consistency(params.operator, params.y, z, theta["mu"].astype(params.kappa.dtype), self.cg_iters)
 
 
@@ -147,6 +160,9 @@ class DCNet(eqx.Module):
             noiseless data small μ trusts the measurements).
         cg_iters: CG iterations of the data consistency for operators other than
             :class:`~metajax.operators.SingleCoilMRI`.
+        mask_aware: the CNN also receives ``x − A^H A x`` (the part of the image
+            in unmeasured k-space, which data consistency never corrects) as two
+            more input channels; see docs/models.md "Stability across masks".
 
     ``net(operator, y, omega=None, adjoint=Autodiff())`` reconstructs one
     complex (H, W) image (``vmap`` for batches); ``omega`` is the task weight
@@ -159,10 +175,10 @@ class DCNet(eqx.Module):
     phase: DCPhase
 
     def __init__(self, key, num_phases: int = 5, layers: int = 5, channels: int = 32, mu: float = 0.05,
-                 cg_iters: int = 10, dtype=jnp.float32):
+                 cg_iters: int = 10, dtype=jnp.float32, mask_aware: bool = False):
         num_phases = check_positive_int("num_phases", num_phases)
         check_positive("mu", mu)
-        self.cnn = ResidualCNN(key, layers, channels, dtype=dtype)
+        self.cnn = ResidualCNN(key, layers, channels, dtype=dtype, mask_aware=mask_aware)
         self.mu_raw = jnp.full(num_phases, positive_inverse(mu, dtype=dtype))
         self.phase = DCPhase(check_positive_int("cg_iters", cg_iters))
 
@@ -192,3 +208,13 @@ class DCNet(eqx.Module):
         """Reconstruct one complex image from ``y`` (task weight ``omega``); batches through ``jax.vmap``."""
         x0, params = self.phase_inputs(operator, y, omega)
         return unroll(self.phase, x0, {"mu": self.mu}, params, adjoint=adjoint)
+
+
+def with_mask_input(net: DCNet) -> DCNet:
+    """``net`` with a mask-aware CNN whose two new input channels start at zero weight: the same reconstruction
+    until training uses them (how a trained DCNet is warm-started as a mask-aware one)."""
+    if net.cnn.mask_aware:
+        return net
+    first = net.cnn.kernels[0]
+    padded = jnp.concatenate([first, jnp.zeros_like(first)], axis=2)  # HWIO: inputs [Re x, Im x, Re u, Im u]
+    return eqx.tree_at(lambda n: n.cnn.kernels[0], net, padded)

@@ -61,7 +61,7 @@ def build(model_config: dict, num_tasks: int) -> TaskWeighted:
     key = jax.random.key(0)
     if name == "dcnet":
         net = DCNet(key, model_config["phases"], layers=model_config["layers"], channels=model_config["features"],
-                    mu=model_config["mu"])
+                    mu=model_config["mu"], mask_aware=model_config.get("mask_aware", False))
     elif name in ("loa", "loa_paper"):
         make = LOA if name == "loa" else LOA.paper
         net = make(key, model_config["phases"], features=model_config["features"], layers=model_config["layers"])
@@ -77,4 +77,4 @@ def load(name: str) -> tuple[RatioWeighted, dict]:
     ratios = card["trained_ratios"]  # the sampled fractions of the training masks, one per task weight
     like = build(card["config"]["model"], len(ratios))
     trained = eqx.tree_deserialise_leaves(folder / "model.eqx", like)
-    return RatioWeighted.from_task_weighted(trained, ratios), card
+    return RatioWeighted.from_task_weighted(trained, ratios, card.get("trained_lines")), card
