@@ -164,3 +164,47 @@ def test_losses_with_lax_map_equal_the_vmapped_losses(x64):
             np.testing.assert_allclose(np.asarray(loss(model, batch, batch_size=k)), np.asarray(full), rtol=1e-12)
     with pytest.raises(ValueError, match="batch_size"):
         bilevel.supervised_loss(model, batch, batch_size=0)
+
+
+def test_ratio_weighted_with_families_picks_omega_among_tasks_of_the_masks_kind():
+    net = DCNet(jax.random.key(0), 1, layers=2, channels=2)
+    # tasks: 2-D at 0.1 and 0.3; lines at 0.25 (two tasks: their ω is averaged) and 0.5
+    model = bilevel.RatioWeighted(net, [0.1, 0.3, 0.25, 0.25, 0.5], jnp.array([1.0, 3.0, 10.0, 20.0, 40.0]),
+                                  lines=[False, False, True, True, True])
+    lines = SingleCoilMRI(jnp.zeros((8, 8), bool).at[:, :2].set(True))  # 2 of 8 columns: ratio 0.25
+    points = SingleCoilMRI(jnp.zeros(64, bool).at[:13].set(True).reshape(8, 8))  # ratio 0.203, 2-D
+    assert float(model.omega_for(lines)) == pytest.approx(15.0)
+    assert float(model.omega_for(points)) == pytest.approx(1.0 + (13 / 64 - 0.1) / 0.2 * 2.0, rel=1e-6)
+    assert float(jax.jit(lambda o: model.omega_for(o))(lines)) == pytest.approx(15.0)
+    only_2d = bilevel.RatioWeighted(net, [0.1, 0.3], jnp.array([1.0, 3.0]), lines=[False, False])
+    assert float(only_2d.omega_for(lines)) == pytest.approx(2.5)  # no line task: all tasks
+    with pytest.raises(ValueError, match="lines"):
+        bilevel.RatioWeighted(net, [0.1, 0.3], jnp.zeros(2), lines=[True])
+
+
+def test_mask_aware_dcnet_sees_the_unmeasured_part_and_warm_starts_exactly(x64):
+    from metajax.models.dcnet import with_mask_input
+    from metajax.operators import ifft2c
+
+    op = SingleCoilMRI(masks.cartesian(jax.random.key(0), (16, 16), 0.4))
+    x = _image(jax.random.key(1), 16)
+    y = op(x)
+    net = _perturbed(DCNet(jax.random.key(2), num_phases=3, layers=3, channels=8, dtype=jnp.float64),
+                     jax.random.key(3))
+    aware = with_mask_input(net)
+    assert aware.cnn.mask_aware and not net.cnn.mask_aware and aware.cnn.kernels[0].shape[2] == 4
+    np.testing.assert_allclose(np.asarray(aware(op, y)), np.asarray(net(op, y)), atol=1e-12)
+    # one phase by hand: the CNN's extra input is F^H (1 − M) F x, the part of x data consistency never corrects
+    aware_perturbed = _perturbed(aware, jax.random.key(4))
+    unmeasured = ifft2c(jnp.where(op.mask, 0, fft2c(x)))
+    z = x + aware_perturbed.cnn(x, unmeasured)
+    mu = aware_perturbed.mu[0]
+    expected = ifft2c(jnp.where(op.mask, (y + mu * fft2c(z)) / (1 + mu), fft2c(z)))
+    got = aware_perturbed.phase(x, {"mu": mu}, aware_perturbed.phase_inputs(op, y)[1])
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-12)
+    assert float(jnp.max(jnp.abs(aware_perturbed(op, y) - with_mask_input(_perturbed(net, jax.random.key(4)))(op, y)))) \
+        > 1e-6  # with non-zero mask weights the network differs
+    fresh = DCNet(jax.random.key(2), num_phases=2, layers=3, channels=4, mask_aware=True)
+    assert fresh.cnn.kernels[0].shape[2] == 4 and bool(jnp.any(fresh.cnn.kernels[0][:, :, 2:] != 0))
+    with pytest.raises(ValueError, match="mask-aware CNN needs `unmeasured`"):
+        fresh.cnn(x.astype(jnp.complex64))

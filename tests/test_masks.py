@@ -132,3 +132,167 @@ def test_shared_radial_masks(shared_file):
 def test_bad_mask_arguments_raise(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+# ----------------------------------------------------------------------------------------------- fastMRI line masks
+
+def _fastmri_centre(width, center_fraction):
+    """fastMRI's definition, written out: round(W·cf) columns from (W − n + 1) // 2."""
+    n = round(width * center_fraction)
+    pad = (width - n + 1) // 2
+    return np.arange(pad, pad + n)
+
+
+@pytest.mark.parametrize("acceleration, center_fraction", [(4, 0.08), (8, 0.04)])
+def test_fastmri_random_centre_and_expected_acceleration(acceleration, center_fraction):
+    width = 320  # a fastMRI knee width
+    keys = jax.random.split(jax.random.key(5), 300)
+    columns = np.stack([np.asarray(masks.fastmri_random(k, (16, width), acceleration, center_fraction))[0]
+                        for k in keys])
+    centre = _fastmri_centre(width, center_fraction)
+    assert columns[:, centre].all()
+    n = len(centre)
+    p = (width / acceleration - n) / (width - n)
+    outer = np.delete(columns, centre, axis=1)
+    # each outer column is an independent Bernoulli(p): the mean over 300 masks is within 4 standard errors
+    assert abs(outer.mean() - p) < 4 * np.sqrt(p * (1 - p) / outer.size)
+    achieved = width / columns.sum(axis=1)
+    assert abs(np.mean(columns.sum(axis=1)) - width / acceleration) < 1.0, achieved.mean()
+    assert len({c.tobytes() for c in columns}) == len(columns)
+    np.testing.assert_array_equal(masks.fastmri_random(keys[0], (16, width), acceleration, center_fraction)[0],
+                                  columns[0])
+    mask = np.asarray(masks.fastmri_random(keys[0], (16, width), acceleration, center_fraction))
+    assert (mask == mask[:1]).all()
+
+
+@pytest.mark.parametrize("acceleration, center_fraction", [(4, 0.08), (8, 0.04)])
+def test_fastmri_equispaced_centre_spacing_and_acceleration(acceleration, center_fraction):
+    width = 368  # a fastMRI brain width
+    centre = _fastmri_centre(width, center_fraction)
+    n = len(centre)
+    spacing = acceleration * (n - width) / (n * acceleration - width)  # fastMRI's adjusted acceleration
+    offsets = set()
+    for k in jax.random.split(jax.random.key(6), 12):
+        columns = np.asarray(masks.fastmri_equispaced(k, (8, width), acceleration, center_fraction))[0]
+        assert columns[centre].all()
+        outer = np.flatnonzero(columns & ~np.isin(np.arange(width), centre))
+        first = np.flatnonzero(columns)[0]
+        offsets.add(int(first))
+        expected = np.round(np.arange(first, width - 1, spacing)).astype(int)  # the lattice from the offset
+        assert set(outer) <= set(expected)
+        assert abs(width / columns.sum() - acceleration) / acceleration < 0.05
+    assert len(offsets) > 1 and max(offsets) < round(spacing)
+
+
+# ----------------------------------------------------------------------------------------------- Poisson disc
+
+def _poisson_radius(shape, center_fraction, slope, min_distance=1.0):
+    h, w = shape
+    ch, cw = round(center_fraction * h), round(center_fraction * w)
+    y = np.maximum(np.abs(np.arange(h) - h / 2) - ch / 2, 0)
+    x = np.maximum(np.abs(np.arange(w) - w / 2) - cw / 2, 0)
+    return np.hypot((y / y.max())[:, None], (x / x.max())[None, :])
+
+
+@pytest.mark.parametrize("acceleration", [4, 8])
+def test_poisson_disc_acceleration_calibration_and_minimum_distance(acceleration):
+    shape = (96, 80)
+    key = jax.random.key(11)
+    mask = np.asarray(masks.poisson_disc(key, shape, acceleration, center_fraction=0.1))
+    assert abs(mask.size / mask.sum() - acceleration) / acceleration <= 0.05
+    ch, cw = round(0.1 * 96), round(0.1 * 80)
+    assert mask[48 - ch // 2:48 + ch // 2, 40 - cw // 2:40 + cw // 2].all(), "calibration block fully sampled"
+    r = _poisson_radius(shape, 0.1, 0)
+    assert not mask[r >= 1].any(), "corners are cropped"
+    # Minimum distance: outside the calibration block no two samples are closer than 1 (the radius at r = 0,
+    # the smallest), and the spacing grows outwards: the mean nearest-neighbour distance of the outer half exceeds
+    # that of the inner half.
+    block = np.zeros(shape, bool)
+    block[48 - ch // 2:48 + ch // 2, 40 - cw // 2:40 + cw // 2] = True
+    points = np.argwhere(mask & ~block).astype(float)
+    d = np.hypot(*(points[:, None, :] - points[None, :, :]).transpose(2, 0, 1))
+    np.fill_diagonal(d, np.inf)
+    assert d.min() >= 1.0
+    nearest = d.min(axis=1)
+    radius = r[mask & ~block]
+    assert nearest[radius > 0.5].mean() > nearest[radius < 0.5].mean()
+    np.testing.assert_array_equal(masks.poisson_disc(key, shape, acceleration, center_fraction=0.1), mask)
+    assert not np.array_equal(masks.poisson_disc(jax.random.key(12), shape, acceleration, center_fraction=0.1), mask)
+
+
+def test_poisson_disc_keeps_the_growing_radius_between_every_pair():
+    """The defining rule (sigpy's): no sample lies within R(r) = min_distance · (1 + s r) of an earlier one.
+    Checked pairwise with the smaller of the two radii, for the slope the bisection settled on."""
+    shape, acceleration, md = (64, 64), 10, 1.5
+    mask = np.asarray(masks.poisson_disc(jax.random.key(3), shape, acceleration, center_fraction=0.0,
+                                         min_distance=md))
+    points = np.argwhere(mask).astype(float)
+    r = _poisson_radius(shape, 0.0, 0)[mask]
+    d = np.hypot(*(points[:, None, :] - points[None, :, :]).transpose(2, 0, 1))
+    np.fill_diagonal(d, np.inf)
+    assert d.min() >= md  # the radius is at least min_distance everywhere
+    # the achieved spacing at the edge exceeds the one at the centre by the bisection's slope: R grows with r
+    assert np.median(d.min(1)[r > 0.7]) > np.median(d.min(1)[r < 0.3])
+
+
+# ----------------------------------------------------------------------------------------------- thinning, families
+
+def test_thin_drops_exactly_the_requested_share_outside_the_centre():
+    base = np.asarray(masks.radial(KEYS[0], (64, 64), 0.3))
+    thinned = np.asarray(masks.thin(KEYS[1], base, 0.4))
+    centre = np.zeros((64, 64), bool)
+    centre[32 - 2:32 + 3, 32 - 2:32 + 3] = True  # round(0.08 · 64) = 5
+    outer = base & ~centre
+    assert not (thinned & ~base).any() and (thinned[centre] == base[centre]).all()
+    assert (outer & ~thinned).sum() == round(0.4 * outer.sum())
+    np.testing.assert_array_equal(masks.thin(KEYS[1], base, 0.4), thinned)
+
+
+def test_is_line_mask():
+    assert bool(masks.is_line_mask(masks.cartesian(KEYS[0], (32, 40), 0.3)))
+    assert bool(masks.is_line_mask(masks.cartesian(KEYS[0], (32, 40), 0.3).T))
+    assert not bool(masks.is_line_mask(masks.radial(KEYS[0], (32, 40), 0.3)))
+    assert bool(jax.jit(masks.is_line_mask)(masks.equispaced((16, 16), 0.5)))
+
+
+@pytest.mark.parametrize("family", masks.FAMILIES)
+def test_every_family_reaches_its_ratio(family):
+    ratio = 0.25 if family not in ("pseudo_radial", "thinned_pseudo_radial") else 0.2
+    mask = np.asarray(masks.family_mask(KEYS[0], family, (256, 256), ratio))
+    assert mask.shape == (256, 256) and mask.dtype == bool and mask[128, 128]
+    expected = ratio * 0.6 + 0.08**2 * 0.4 if family == "thinned_pseudo_radial" else ratio
+    tolerance = 0.03 if family == "fastmri_random" else 0.01 if family.startswith("thinned") else 0.005
+    assert abs(mask.mean() - expected) <= tolerance, (family, mask.mean())
+
+
+def test_mask_distribution_samples_each_tasks_bank_under_jit():
+    tasks = [("radial", 0.25), ("fastmri_equispaced", 0.25), ("equispaced", 0.5)]
+    dist = masks.MaskDistribution(jax.random.key(0), (32, 32), tasks, bank=3)
+    assert dist.masks.shape == (3, 3, 32, 32)
+    assert len({np.asarray(m).tobytes() for m in dist.masks[0]}) == 3  # random families: distinct masks
+    assert len({np.asarray(m).tobytes() for m in dist.masks[2]}) == 1  # deterministic family: one mask
+    drawn = jax.jit(dist.sample)(jax.random.key(4))
+    for i in range(3):
+        assert any(np.array_equal(drawn[i], m) for m in dist.masks[i])
+    np.testing.assert_array_equal(dist.sample(jax.random.key(4)), drawn)
+    seen = {np.asarray(dist.sample(k)[0]).tobytes() for k in jax.random.split(jax.random.key(1), 30)}
+    assert len(seen) == 3
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: masks.fastmri_random(KEYS[0], SHAPE, 0.5), r"`acceleration` must be a real number ≥ 1"),
+        (lambda: masks.fastmri_random(KEYS[0], SHAPE, 4, 0.3), r"`center_fraction` = 0.3 gives"),
+        (lambda: masks.fastmri_equispaced(KEYS[0], SHAPE, 4, 0.0), r"`center_fraction` must be a real number"),
+        (lambda: masks.poisson_disc(KEYS[0], SHAPE, 40, center_fraction=0.3), r"calibration block alone"),
+        (lambda: masks.poisson_disc(KEYS[0], SHAPE, 4, min_distance=0), r"`min_distance` must be a positive"),
+        (lambda: masks.thin(KEYS[0], np.ones((8, 8)), 1.0), r"`drop` must be a real number in \[0, 1\)"),
+        (lambda: masks.family_mask(KEYS[0], "spiral", SHAPE, 0.2), r"`family` must be one of"),
+        (lambda: masks.family_mask(KEYS[0], "pseudo_radial", SHAPE, 0.2), r"embedded pseudo-radial masks are 256"),
+        (lambda: masks.MaskDistribution(KEYS[0], SHAPE, [], 2), r"at least one \(family, ratio\)"),
+    ],
+)
+def test_bad_new_mask_arguments_raise(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

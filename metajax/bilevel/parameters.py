@@ -30,6 +30,7 @@ import numpy as np
 
 from metajax._validation import check_positive_int, is_concrete
 from metajax.adjoint import Adjoint
+from metajax.masks import is_line_mask
 
 
 def _call(net, operator, y, weight, adjoint):

@@ -50,7 +50,7 @@ from metajax import bilevel, pretrained
 from metajax.engine import distributed, evaluation
 from metajax.engine.checkpoint import CheckpointError
 from metajax.engine.config import SOLVERS, register
-from metajax.engine.experiment import ConfigError, Experiment
+from metajax.engine.experiment import ConfigError, Experiment, task_labels
 from metajax.engine.validation import check_config
 from metajax.engine.models import ModelSource, load_model_source
 from metajax.engine.runner import TrainingError, machine_info, train
@@ -204,7 +204,7 @@ def train_main(cfg) -> None:
         extra.update(info)
     methods.update(shipped)
     rows, images = evaluation.evaluate(methods, exp.tasks, cfg.tasks.ratios, cfg.eval.split, cfg.trainer.seed,
-                                       log=_log)
+                                       log=_log, labels=task_labels(cfg.tasks))
     _report(out_dir, rows, images, cfg.tasks.ratios, cfg,
             f"{cfg.eval.split} split, {len(exp.splits[cfg.eval.split])} images per task; mean ± std", extra)
 
@@ -249,7 +249,7 @@ def evaluate_main(cfg) -> None:
     except (ConfigError, FileNotFoundError, CheckpointError, ValueError) as error:
         _fail(error)
     rows, images = evaluation.evaluate(methods, exp.tasks, exp.cfg.tasks.ratios, cfg.eval.split,
-                                       exp.cfg.trainer.seed, log=_log)
+                                       exp.cfg.trainer.seed, log=_log, labels=task_labels(exp.cfg.tasks))
     _report(out_dir, rows, images, exp.cfg.tasks.ratios, cfg, f"{cfg.model_dir}, {cfg.eval.split} split")
 
 
@@ -264,7 +264,7 @@ def baselines_main(cfg) -> None:
     except (ConfigError, FileNotFoundError, TrainingError, CheckpointError, ValueError) as error:
         _fail(error)
     rows, images = evaluation.evaluate({**methods, **shipped}, exp.tasks, cfg.tasks.ratios, cfg.eval.split,
-                                       cfg.trainer.seed, log=_log)
+                                       cfg.trainer.seed, log=_log, labels=task_labels(cfg.tasks))
     _report(out_dir, rows, images, cfg.tasks.ratios, cfg, f"baselines, {cfg.eval.split} split", extra)
 
 

@@ -200,7 +200,7 @@ PRESETS = {
         # mask-aware, fine-tuned on a mixture of mask families and accelerations (a fresh mask every step)
         "defaults": [{"override /solver": "joint"}, {"override /tasks": "mixture"}],
         "model": {"phases": 5, "features": 16, "layers": 7, "mask_aware": True},
-        "trainer": {"steps": 450, "batch": 1, "lr": 3e-4, "lr_schedule": "cosine", "map_batch": 1,
+        "trainer": {"steps": 400, "batch": 1, "lr": 3e-4, "lr_schedule": "cosine", "map_batch": 1,
                     "checkpoint_every": 25, "val_every": 150},
     },
     "paper": {  # selects the paper LOA and sets the paper's training constants (GPU hours)
@@ -254,6 +254,12 @@ TASKS = {
     "fastmri_equispaced": TasksConfig(mask="fastmri_equispaced", ratios=[0.25, 0.125]),
     "poisson_disc": TasksConfig(mask="poisson_disc", ratios=[0.25, 0.125]),
     "thinned_pseudo_radial": TasksConfig(mask="thinned_pseudo_radial"),
+    # the robustness grid every shipped model's card reports (one fixed mask per task; metajax-evaluate tasks=grid)
+    "grid": TasksConfig(mask="mixture",
+                        families=["pseudo_radial"] * 4 + ["thinned_pseudo_radial"] * 4 + ["radial"]
+                        + ["fastmri_random"] * 2 + ["fastmri_equispaced"] * 2 + ["poisson_disc"] * 2
+                        + ["variable_density"],
+                        ratios=[0.1, 0.2, 0.3, 0.4] * 2 + [0.2] + [0.25, 0.125] * 3 + [0.2]),
     # the training mixture of the shipped model: pseudo-radial 10-40 %, fastMRI 1-D random and equispaced 4x / 8x,
     # Poisson-disc 4x / 8x, variable density 5x, pseudo-radial thinned by 40 %; a fresh mask per task and step
     "mixture": TasksConfig(mask="mixture", bank=8,

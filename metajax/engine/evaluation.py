@@ -79,9 +79,10 @@ def tv_method(weights, iterations: int):
     return lambda i, operator, y: tv_reconstruction(operator, y, weights[i], iterations)
 
 
-def evaluate(methods: dict, tasks, ratios, split: str, seed: int, log=None):
-    """``(rows, images)``: a row per (method, task) with mean ± std metrics; ``images[method][task]`` the first
-    reconstruction (magnitude), plus ``images["truth"]`` and ``images["mask"]``."""
+def evaluate(methods: dict, tasks, ratios, split: str, seed: int, log=None, labels=None):
+    """``(rows, images)``: a row per (method, task) with mean ± std metrics (and the task's ``label`` when
+    ``labels`` are given, e.g. its mask family); ``images[method][task]`` the first reconstruction (magnitude),
+    plus ``images["truth"]`` and ``images["mask"]``."""
     rows, images = [], {"truth": [], "mask": []}
     data = measurements(tasks, split, seed)
     for i, (operator, x, _) in enumerate(data):
@@ -96,13 +97,16 @@ def evaluate(methods: dict, tasks, ratios, split: str, seed: int, log=None):
             scores = {"psnr": metrics.psnr(recon, truth), "ssim": metrics.ssim(recon, truth),
                       "nmse": metrics.nmse(recon, truth)}
             row = {"method": name, "task": i, "ratio": float(ratios[i]), "images": int(len(x))}
+            if labels is not None:
+                row["label"] = labels[i]
             for k, v in scores.items():
                 v = np.asarray(v, np.float64)
                 row[k], row[f"{k}_std"] = float(v.mean()), float(v.std())
+            row["psnr_images"] = [round(float(v), 4) for v in np.asarray(scores["psnr"])]
             rows.append(row)
             images[name].append(np.asarray(recon[0]))
             if log is not None:
-                log(f"evaluated {name} at ratio {row['ratio']:.2f}: {row['psnr']:.2f} dB "
+                log(f"evaluated {name} at {row.get('label', f'ratio {ratios[i]:.2f}')}: {row['psnr']:.2f} dB "
                     f"({time.perf_counter() - tic:.1f} s)")
     return rows, images
 

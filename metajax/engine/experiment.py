@@ -120,7 +120,14 @@ def load_splits(cfg_data, base: Path | None) -> tuple[dict[str, np.ndarray], str
 
 def task_families(cfg_tasks) -> list[str]:
     """The mask family of each task: ``tasks.families`` for ``tasks.mask=mixture``, else ``tasks.mask`` for all."""
-    return list(cfg_tasks.families) if cfg_tasks.mask == "mixture" else [cfg_tasks.mask] * len(cfg_tasks.ratios)
+    return list(cfg_tasks.get("families", [])) if cfg_tasks.mask == "mixture" else [cfg_tasks.mask] * len(cfg_tasks.ratios)
+
+
+def task_labels(cfg_tasks) -> list[str] | None:
+    """``"family ratio"`` per task for ``tasks.mask=mixture`` (tables tell tasks of one ratio apart), else None."""
+    if cfg_tasks.mask != "mixture":
+        return None
+    return [f"{family} {ratio:.3g}" for family, ratio in zip(task_families(cfg_tasks), cfg_tasks.ratios)]
 
 
 def make_mask(cfg_tasks, index: int, ratio: float, shape, seed: int, base: Path | None, family: str | None = None):
@@ -157,7 +164,7 @@ def build_tasks(cfg, splits, base: Path | None, size: int | None = None):
 
 def mask_bank(cfg, shape) -> masks.MaskDistribution | None:
     """The training masks drawn per step (``tasks.bank`` per task, key ``seed + 2``), or None (fixed masks)."""
-    if not cfg.tasks.bank:
+    if not cfg.tasks.get("bank", 0):
         return None
     if cfg.tasks.mask == "file":
         raise ConfigError("`tasks.bank` needs generated masks; a mask file holds one mask per ratio (tasks.bank=0).")

@@ -11,6 +11,14 @@ dataset — fastMRI's (W,) column mask or an (H, W) mask. ``mask_file`` (with
 mask are set to zero (a fully sampled file is thus undersampled
 retrospectively, and the output says so).
 
+Self-check (``check=true``, the default): :func:`metajax.pretrained.self_check`
+holds out ``check_fraction`` of each slice's non-central samples, reconstructs
+from the rest and compares the model's prediction of the held-out samples with
+zero-filled's and TV's. Slices where the model is worse (score > 1: outside its
+domain) are named in a warning and, with ``fallback=tv`` (the default), are
+reconstructed with TV instead: a learned model out of its domain can be far
+below zero-filled, TV never is; ``fallback=none`` keeps the model's output.
+
 Scaling: the models were trained on images with maximum 1, so each slice's
 measurements are divided by ``s`` = the maximum of its zero-filled magnitude
 (``scale=0``, the default) or by the given ``scale``, reconstructed, and
@@ -19,7 +27,9 @@ multiplied by ``s`` again: the output keeps the input's units.
 Writes into the Hydra run directory (``hydra.run.dir=DIR``):
 ``reconstruction.h5`` with ``reconstruction`` (S, H, W) float32 magnitude,
 ``reconstruction_complex`` (S, H, W) complex64, ``zero_filled`` (S, H, W)
-float32, ``mask`` (H, W) uint8 and attributes (model, input, sampling ratio,
+float32, ``mask`` (H, W) uint8, ``method`` (S,) (``model`` or ``tv``), the
+self-check per slice (``self_check/score``, ``/flag``, ``/model``,
+``/zero_filled``, ``/tv``) and attributes (model, input, sampling ratio,
 scales); and ``slice_XXX.png`` (zero-filled | model) per slice unless
 ``png=false``. Every check (file, keys, shapes, mask, model) runs before any
 reconstruction; progress is printed per chunk of slices.
@@ -46,7 +56,9 @@ from metajax import masks as mask_io
 from metajax._validation import as_binary_mask, open_hdf5
 from metajax.engine.experiment import ConfigError, resolve_path
 from metajax.engine.models import load_model_source
+from metajax.models import tv_reconstruction
 from metajax.operators import SingleCoilMRI
+from metajax.pretrained.selfcheck import self_check, tv_weight_for
 
 CHUNK = 4
 
@@ -60,6 +72,9 @@ class ReconstructConfig:
     slices: Optional[List[int]] = None  # [start, stop) of the slices to reconstruct (default: all)
     scale: float = 0.0  # divide y by this before the model (0: each slice's zero-filled maximum)
     png: bool = True
+    check: bool = True  # the ground-truth-free self-check of every slice (held-out k-space; docs/models.md)
+    check_fraction: float = 0.05  # share of the non-central samples the self-check holds out
+    fallback: str = "tv"  # tv: slices the self-check flags are reconstructed with TV instead | none: keep the model's
 
 
 ConfigStore.instance().store(name="reconstruct", node=ReconstructConfig)
@@ -73,6 +88,10 @@ def load_inputs(cfg, base: Path | None):
     notes = []
     if not (cfg.scale >= 0 and np.isfinite(cfg.scale)):
         raise ValueError(f"`scale` must be 0 (each slice's zero-filled maximum) or a positive number; got {cfg.scale}.")
+    if cfg.fallback not in ("tv", "none"):
+        raise ValueError(f"`fallback` must be tv or none; got {cfg.fallback!r}.")
+    if not 0 < cfg.check_fraction < 1:
+        raise ValueError(f"`check_fraction` must lie in (0, 1); got {cfg.check_fraction}.")
     f = open_hdf5("input", path)
     with f:
         if "kspace" not in f:
@@ -137,6 +156,28 @@ def reconstruct(model, kspace: np.ndarray, mask: np.ndarray, scale: float = 0.0,
     return np.concatenate(parts).astype(np.complex64), zero_filled.astype(np.float32), scales
 
 
+def check_slices(model, kspace: np.ndarray, mask: np.ndarray, scales: np.ndarray, fraction: float,
+                 log=print) -> dict:
+    """:func:`metajax.pretrained.self_check` of every slice (measurements divided by its scale), in chunks."""
+    parts = []
+    for s in range(0, len(kspace), 2 * CHUNK):
+        y = jnp.asarray(kspace[s:s + 2 * CHUNK]) / jnp.asarray(scales[s:s + 2 * CHUNK], jnp.float32)[:, None, None]
+        parts.append(self_check(model, mask, y, jax.random.key(0), fraction))
+        log(f"self-checked slices {s + 1}–{s + len(y)} of {len(kspace)}")
+    return {k: np.concatenate([np.atleast_1d(p[k]) for p in parts]) for k in ("model", "zero_filled", "tv", "score",
+                                                                               "flag")}
+
+
+def tv_slices(kspace: np.ndarray, mask: np.ndarray, scales: np.ndarray, iterations: int = 300) -> np.ndarray:
+    """TV reconstructions (λ from :func:`~metajax.pretrained.selfcheck.tv_weight_for`) of the slices, in their
+    units."""
+    operator = SingleCoilMRI(jnp.asarray(mask))
+    y = jnp.asarray(kspace) / jnp.asarray(scales, jnp.float32)[:, None, None]
+    weight = tv_weight_for(float(mask.mean()))
+    recon = jax.vmap(lambda v: tv_reconstruction(operator, v, weight, iterations))(y)
+    return (np.asarray(recon) * scales[:, None, None]).astype(np.complex64)
+
+
 def _png(path: Path, zero_filled: np.ndarray, recon: np.ndarray, title: str) -> None:
     import matplotlib
 
@@ -170,6 +211,24 @@ def reconstruct_main(cfg) -> None:
     print(f"{len(kspace)} slice(s) of {kspace.shape[1]}×{kspace.shape[2]}, sampling ratio {ratio:.3f}, model "
           f"{source.label}" + "".join(f"; {n}" for n in notes), flush=True)
     recon, zero_filled, scales = reconstruct(source.model, kspace, mask, cfg.scale, log=lambda m: print(m, flush=True))
+    method = np.array(["model"] * len(recon), dtype=object)
+    check = None
+    if cfg.check:
+        check = check_slices(source.model, kspace, mask, scales, cfg.check_fraction, log=lambda m: print(m, flush=True))
+        flagged = np.flatnonzero(check["flag"])
+        if flagged.size:
+            first = cfg.slices[0] if cfg.slices is not None else 0
+            names = ", ".join(str(first + i) for i in flagged)
+            action = "reconstructed with TV instead (fallback=tv)" if cfg.fallback == "tv" else \
+                "kept the model's reconstruction (fallback=none)"
+            print(f"warning: out of the model's domain on slice(s) {names}: it predicts held-out k-space worse "
+                  f"than zero-filled or TV (self-check score > 1); {action}.", flush=True)
+            if cfg.fallback == "tv":
+                recon[flagged] = tv_slices(kspace[flagged], mask, scales[flagged])
+                method[flagged] = "tv"
+        else:
+            print(f"self-check: the model predicts held-out k-space better than zero-filled and TV on all "
+                  f"{len(recon)} slice(s) (scores {check['score'].min():.2f}–{check['score'].max():.2f}).")
     magnitude = np.abs(recon).astype(np.float32)
     with h5py.File(out_dir / "reconstruction.h5", "w") as f:
         f["reconstruction"] = magnitude
@@ -177,9 +236,17 @@ def reconstruct_main(cfg) -> None:
         f["zero_filled"] = zero_filled
         f["mask"] = mask.astype(np.uint8)
         f["scale"] = scales.astype(np.float32)
+        f["method"] = method.astype("S5")
+        if check is not None:
+            for key in ("score", "model", "zero_filled", "tv"):
+                f[f"self_check/{key}"] = check[key].astype(np.float32)
+            f["self_check/flag"] = check["flag"].astype(np.uint8)
+            f["self_check"].attrs.update({"fraction": cfg.check_fraction, "rule": "flag when the model's relative "
+                                          "error on held-out k-space exceeds min(zero-filled, TV)"})
         f.attrs.update({"model": source.label, "input": str(cfg.input), "sampling_ratio": ratio,
-                        "notes": "; ".join(notes)})
+                        "notes": "; ".join(notes), "fallback": cfg.fallback})
     if cfg.png:
         for i in range(len(recon)):
-            _png(out_dir / f"slice_{i:03d}.png", zero_filled[i], magnitude[i], source.label)
+            _png(out_dir / f"slice_{i:03d}.png", zero_filled[i], magnitude[i],
+                 source.label if method[i] == "model" else "TV (self-check fallback)")
     print(f"wrote {out_dir / 'reconstruction.h5'}" + (f" and {len(recon)} PNG(s)" if cfg.png else ""))

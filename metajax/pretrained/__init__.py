@@ -33,8 +33,9 @@ import jax
 
 from metajax.bilevel import RatioWeighted, TaskWeighted
 from metajax.models import LOA, DCNet
+from metajax.pretrained.selfcheck import holdout, self_check
 
-__all__ = ["available", "load", "build", "model_path"]
+__all__ = ["available", "load", "build", "model_path", "self_check", "holdout"]
 
 
 def _root() -> Path:
