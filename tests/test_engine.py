@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -253,8 +255,11 @@ def test_reconstruct_a_users_kspace_and_reject_mismatches_before_work(tmp_path):
     result = run_script("metajax.engine.reconstruct", f"input={scan}", f"model=pretrained:{name}",
                         f"hydra.run.dir={out}")
     assert "undersampled retrospectively" in result.stdout and "slices 1–2 of 2" in result.stdout
+    assert "self-check: the model predicts held-out k-space better" in result.stdout
     with h5py.File(out / "reconstruction.h5", "r") as f:
         recon, zero_filled = f["reconstruction"][()], f["zero_filled"][()]
+        assert list(f["method"][()]) == [b"model"] * 2 and not f["self_check/flag"][()].any()
+        assert (f["self_check/score"][()] < 1).all()
     assert recon.shape == zero_filled.shape == (2, 256, 256) and (out / "slice_001.png").is_file()
     truth = 3.0 * images
     gain = np.asarray(metrics.psnr(recon, truth)) - np.asarray(metrics.psnr(zero_filled, truth))
@@ -272,6 +277,36 @@ def test_reconstruct_a_users_kspace_and_reject_mismatches_before_work(tmp_path):
         assert not (tmp_path / "bad" / "reconstruction.h5").exists()
 
 
+def test_reconstruct_flags_an_out_of_domain_model_and_falls_back_to_tv(tmp_path):
+    """The previous, radial-only chest_dcnet (tests/data) on a fastMRI 1-D mask: the self-check names the slices,
+    fallback=tv replaces them by TV (above zero-filled), fallback=none keeps the model's output (below it)."""
+    import h5py
+    import numpy as np
+
+    from metajax import data, masks, metrics
+    from metajax.operators import fft2c
+
+    images = data.chest_images()[85:87]
+    mask = np.asarray(masks.fastmri_random(jax.random.key(0), (256, 256), 4, 0.08))
+    scan = tmp_path / "scan.h5"
+    with h5py.File(scan, "w") as f:
+        f["kspace"] = np.asarray(fft2c(images.astype(np.complex64))) * mask
+        f["mask"] = mask[0].astype(np.uint8)  # fastMRI's (W,) column mask
+    fixture = Path(__file__).parent / "data" / "radial_only_dcnet"
+    psnr = {}
+    for fallback in ("tv", "none"):
+        out = tmp_path / fallback
+        result = run_script("metajax.engine.reconstruct", f"input={scan}", f"model={fixture}", f"fallback={fallback}",
+                            "png=false", f"hydra.run.dir={out}")
+        assert "warning: out of the model's domain on slice(s) 0, 1" in result.stdout, result.stdout
+        with h5py.File(out / "reconstruction.h5", "r") as f:
+            assert f["self_check/flag"][()].all() and (f["self_check/score"][()] > 1).all()
+            assert list(f["method"][()]) == ([b"tv"] * 2 if fallback == "tv" else [b"model"] * 2)
+            psnr[fallback] = np.asarray(metrics.psnr(f["reconstruction"][()], images))
+            zero_filled = np.asarray(metrics.psnr(f["zero_filled"][()], images))
+    assert np.all(psnr["tv"] > zero_filled + 1) and np.all(psnr["none"] < zero_filled), (psnr, zero_filled)
+
+
 def run_script(module: str, *overrides, check=True):
     code = f"import sys; from {module} import reconstruct_main; sys.argv = ['metajax-reconstruct', *sys.argv[1:]]; " \
            "reconstruct_main()"
@@ -280,3 +315,27 @@ def run_script(module: str, *overrides, check=True):
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
+
+
+def test_mixture_tasks_draw_a_fresh_mask_each_step_and_warm_start(tmp_path):
+    """tasks.mask=mixture: one task per (family, ratio), labelled in the tables; tasks.bank resamples masks per
+    step; trainer.init starts θ and ω from a trained run (mask-aware DCNet: the same reconstructions at step 0)."""
+    mixture = ["model=dcnet", "model.phases=2", "model.features=4", "model.layers=3", "solver=joint",
+               "tasks.mask=mixture", "tasks.families=[radial,fastmri_random,poisson_disc]",
+               "tasks.ratios=[0.25,0.25,0.25]", "tasks.bank=2", "trainer.val_every=3"]
+    first = tmp_path / "first"
+    run("train", "preset=ci", *mixture, f"hydra.run.dir={first}")
+    rows = json.loads((first / "metrics.json").read_text())["rows"]
+    assert [r["label"] for r in rows] == ["radial 0.25", "fastmri_random 0.25", "poisson_disc 0.25"]
+    assert all(len(r["psnr_images"]) == r["images"] for r in rows)
+    second = tmp_path / "second"
+    result = run("train", "preset=ci", *mixture, "model.mask_aware=true", f"trainer.init={first}", "trainer.steps=1",
+                 f"hydra.run.dir={second}")
+    last = [json.loads(line) for line in (first / "train_log.jsonl").read_text().splitlines() if "val_psnr" in line]
+    start = [json.loads(line) for line in (second / "train_log.jsonl").read_text().splitlines() if "val_psnr" in line]
+    best = json.loads((first / "best.json").read_text())
+    assert start[0]["step"] == 0 and "val_psnr" in last[-1]
+    np.testing.assert_allclose(start[0]["val_psnr"], best["per_task"], atol=1e-3)
+    bad = run("train", "preset=ci", *mixture[:5], "tasks.mask=mixture", "tasks.families=[radial]",
+              "tasks.ratios=[0.2,0.3]", f"hydra.run.dir={tmp_path / 'bad'}", check=False)
+    assert bad.returncode != 0 and "tasks.families" in bad.stderr
