@@ -118,6 +118,8 @@ class TrainerConfig:
     resume: bool = True  # resume from the last checkpoint in the run directory
     allow_config_change: bool = False  # resume even if the configuration changed
     inject_nan_at: int = -1  # testing: make the loss NaN at this step
+    task_balance: str = "mean"  # conventional / joint: mean of the per-task losses, or log: mean of their logs
+    # (every task's PSNR weighs the same)
     init: Optional[str] = None  # start θ from this trained model (model.eqx of a run, or pretrained:NAME); its ω
     # interpolated at each task's ratio (tools/make_pretrained.py's second stage)
 
@@ -200,8 +202,8 @@ PRESETS = {
         # mask-aware, fine-tuned on a mixture of mask families and accelerations (a fresh mask every step)
         "defaults": [{"override /solver": "joint"}, {"override /tasks": "mixture"}],
         "model": {"phases": 5, "features": 16, "layers": 7, "mask_aware": True},
-        "trainer": {"steps": 400, "batch": 1, "lr": 3e-4, "lr_schedule": "cosine", "map_batch": 1,
-                    "checkpoint_every": 25, "val_every": 150},
+        "trainer": {"steps": 600, "batch": 1, "lr": 3e-4, "lr_schedule": "cosine", "map_batch": 1,
+                    "checkpoint_every": 25, "val_every": 150, "task_balance": "log"},
     },
     "paper": {  # selects the paper LOA and sets the paper's training constants (GPU hours)
         "defaults": [{"override /model": "loa_paper"}],

@@ -28,6 +28,11 @@ Solvers (``solver.name``) and what the step optimises:
   loss of all tasks (single level, no bilevel split): what conventional
   training costs, with a task weight per task (the shipped pretrained models).
 
+``trainer.task_balance=log`` (conventional and joint) averages the per-task
+*log* losses instead: each task's relative improvement (its PSNR) weighs the
+same, where the plain mean lets the tasks with the largest errors (8× line
+masks) drown those with small ones (pseudo-radial 40 %).
+
 The task weights ω have their own Adam learning rate (``trainer.omega_lr``).
 :meth:`Experiment.validation_psnr` is the per-task mean PSNR on the full
 validation images that the training loop logs and selects the model by.
@@ -392,6 +397,8 @@ class Experiment:
                         per = jax.vmap(lambda q, bt: loss_of(self.network(q, phases), bt))(p, train)
                     else:
                         per = loss_of(self.network(p, phases), train)
+                    if cfg.trainer.get("task_balance", "mean") == "log":  # every task's PSNR counts the same
+                        per = jnp.log(per)
                     return poison(jnp.sum(per) if self.per_task else jnp.mean(per), step_index)
 
                 value, grad = jax.value_and_grad(loss)(params)

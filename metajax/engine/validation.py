@@ -21,6 +21,7 @@ CHOICES = {
     "solver.adjoint": ("autodiff", "mlm"),
     "solver.outer_split": ("train", "val"),
     "trainer.lr_schedule": ("constant", "cosine"),
+    "trainer.task_balance": ("mean", "log"),
     "eval.split": ("train", "val", "test"),
     "adapt.mode": ("omega", "finetune"),
     "adapt.loss": ("supervised", "measurement"),
