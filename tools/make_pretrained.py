@@ -1,6 +1,7 @@
 """Produce a shipped pretrained model: train it with the engine, then write its weights and card as package data.
 
-    python tools/make_pretrained.py                  # chest_dcnet: preset=long, then preset=robust (≈ 105 CPU min)
+    python tools/make_pretrained.py                  # chest_dcnet: preset=long, then preset=robust (≈ 120 CPU min)
+    python tools/make_pretrained.py --no-train       # weights and card from the finished runs in outputs/pretrained
 
 Steps (the one documented way the files in ``metajax/pretrained/<name>/`` come to be; nothing is edited by hand):
 
@@ -123,11 +124,17 @@ def main() -> None:
     parser.add_argument("--name", default="chest_dcnet")
     parser.add_argument("--tv-iterations", type=int, default=300)
     parser.add_argument("--tv-tune-images", type=int, default=5)
+    parser.add_argument("--no-train", action="store_true",
+                        help="use the finished run directories as they are (rebuild the weights and card only)")
     args = parser.parse_args()
     commands = []
     for preset, run, init in stages(args.name):
         command = train_command(run, preset, init)
         commands.append("metajax-train " + " ".join(command[1:]))
+        if args.no_train:
+            if not (ROOT / "outputs" / "pretrained" / run / "model.eqx").is_file():
+                raise SystemExit(f"--no-train: outputs/pretrained/{run}/model.eqx does not exist; train it first.")
+            continue
         print("$ " + commands[-1], flush=True)
         subprocess.run(command, cwd=ROOT, check=True)
 
@@ -149,6 +156,9 @@ def main() -> None:
 
     def compute(run: str) -> dict:
         folder = ROOT / "outputs" / "pretrained" / run
+        if not (folder / "train_log.jsonl").is_file():  # a stage kept from an earlier release: its own card
+            earlier = json.loads((folder / "card.json").read_text())
+            return {"run": run, "from_card": earlier.get("commit"), **earlier["compute"]}
         records = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines() if line]
         steps = [r for r in records if "seconds" in r]
         info = json.loads((folder / "run_info.json").read_text()) if (folder / "run_info.json").is_file() else {}

@@ -40,6 +40,7 @@ validation images that the training loop logs and selects the model by.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,7 +126,7 @@ def load_splits(cfg_data, base: Path | None) -> tuple[dict[str, np.ndarray], str
 
 def task_families(cfg_tasks) -> list[str]:
     """The mask family of each task: ``tasks.families`` for ``tasks.mask=mixture``, else ``tasks.mask`` for all."""
-    return list(cfg_tasks.get("families", [])) if cfg_tasks.mask == "mixture" else [cfg_tasks.mask] * len(cfg_tasks.ratios)
+    return list(getattr(cfg_tasks, "families", None) or []) if cfg_tasks.mask == "mixture" else [cfg_tasks.mask] * len(cfg_tasks.ratios)
 
 
 def task_labels(cfg_tasks) -> list[str] | None:
@@ -272,7 +273,6 @@ class Experiment:
         self.crop = crop if crop and crop < full else 0
         self.tasks = build_tasks(cfg, self.splits, self.base)
         self.train_tasks = build_tasks(cfg, self.splits, self.base, self.crop) if self.crop else self.tasks
-        self.bank = mask_bank(cfg, self.train_tasks.operator.mask.shape[1:])
         self.num_tasks = len(cfg.tasks.ratios)
         self.adjoint = MLM() if cfg.solver.adjoint == "mlm" else Autodiff()
         net = build_network(cfg.model, jax.random.key(cfg.trainer.seed))
@@ -365,6 +365,11 @@ class Experiment:
             return bilevel.MetaState(self.optimizer.init(self.params), jnp.zeros((), jnp.int32))
         return bilevel.init(self.method, self.params, self.optimizer)
 
+    @functools.cached_property
+    def bank(self) -> masks.MaskDistribution | None:
+        """The training masks drawn per step (``tasks.bank``), generated on first use: only training needs them."""
+        return mask_bank(self.cfg, self.train_tasks.operator.mask.shape[1:])
+
     def step_fn(self, phases: int):
         """``(params, state, tasks, train_tasks, key, step) -> (params, state, metrics)`` for ``phases`` phases."""
         cfg, crop, nan_at = self.cfg, self.crop, self.cfg.trainer.inject_nan_at
@@ -375,11 +380,13 @@ class Experiment:
         def loss_of(model, batch):
             return bilevel.supervised_loss(model, batch, batch_size=self.map_batch)
 
+        bank = self.bank
+
         def step(params, state, train_tasks, key, step_index):
             k_train, k_val = jax.random.split(key)
-            if self.bank is not None:  # a fresh mask of every task from its bank
+            if bank is not None:  # a fresh mask of every task from its bank
                 train_tasks = eqx.tree_at(lambda t: t.operator.mask, train_tasks,
-                                          self.bank.sample(jax.random.fold_in(key, 7)))
+                                          bank.sample(jax.random.fold_in(key, 7)))
             b = cfg.trainer.batch
             if self.method is None:
                 train = sample_batches(train_tasks, k_train, "train", b, crop)
