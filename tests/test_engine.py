@@ -329,8 +329,8 @@ def test_mixture_tasks_draw_a_fresh_mask_each_step_and_warm_start(tmp_path):
     assert [r["label"] for r in rows] == ["radial 0.25", "fastmri_random 0.25", "poisson_disc 0.25"]
     assert all(len(r["psnr_images"]) == r["images"] for r in rows)
     second = tmp_path / "second"
-    result = run("train", "preset=ci", *mixture, "model.mask_aware=true", f"trainer.init={first}", "trainer.steps=1",
-                 f"hydra.run.dir={second}")
+    run("train", "preset=ci", *mixture, "model.mask_aware=true", f"trainer.init={first}", "trainer.steps=1",
+              f"hydra.run.dir={second}")
     last = [json.loads(line) for line in (first / "train_log.jsonl").read_text().splitlines() if "val_psnr" in line]
     start = [json.loads(line) for line in (second / "train_log.jsonl").read_text().splitlines() if "val_psnr" in line]
     best = json.loads((first / "best.json").read_text())

@@ -113,6 +113,22 @@ def self_check_table(exp, model, rows, name: str) -> dict:
             "false_alarms": alarms, "rule": "flag when the model's held-out k-space error > min(zero-filled, TV)"}
 
 
+def robustness_markdown(card: dict, name: str) -> str:
+    """The card's grid as one markdown table: PSNR / SSIM of the model, zero-filled and TV per family × ratio on
+    the chest test slices and on the template, and whether the model is offered there."""
+    def cell(rows, label, method):
+        r = next(r for r in rows if r["label"] == label and r["method"] == method)
+        return f"{r['psnr']:.2f} / {r['ssim']:.3f}"
+
+    lines = [f"| mask (family ratio) | chest: {name} | zero-filled | TV | template: {name} | zero-filled | TV "
+             "| offered |", "|---|---|---|---|---|---|---|---|"]
+    for label, entry in card["robustness"].items():
+        cells = [cell(card[key], label, method) for key in ("metrics", "metrics_unseen")
+                 for method in (name, "zero-filled", "TV")]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {'yes' if entry['offered'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
 def exp_label(exp, i: int) -> str:
     from metajax.engine.experiment import task_labels
 
@@ -223,6 +239,9 @@ def main() -> None:
         print(key)
         for r in card[key]:
             print(f"  {r['method']:>12} {r['label']:>26}  {r['psnr']:.2f} dB  SSIM {r['ssim']:.4f}")
+    table_md = robustness_markdown(card, args.name)
+    (run_dir / "robustness.md").write_text(table_md)
+    print(table_md)
     print("offered:", card["offered"])
     for key, stats in card["self_check"].items():
         print(f"self-check {key}: {stats['missed']} of {stats['below_zero_filled']} below-zero-filled slices missed, "

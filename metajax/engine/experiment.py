@@ -126,7 +126,9 @@ def load_splits(cfg_data, base: Path | None) -> tuple[dict[str, np.ndarray], str
 
 def task_families(cfg_tasks) -> list[str]:
     """The mask family of each task: ``tasks.families`` for ``tasks.mask=mixture``, else ``tasks.mask`` for all."""
-    return list(getattr(cfg_tasks, "families", None) or []) if cfg_tasks.mask == "mixture" else [cfg_tasks.mask] * len(cfg_tasks.ratios)
+    if cfg_tasks.mask == "mixture":
+        return list(getattr(cfg_tasks, "families", None) or [])
+    return [cfg_tasks.mask] * len(cfg_tasks.ratios)
 
 
 def task_labels(cfg_tasks) -> list[str] | None:
