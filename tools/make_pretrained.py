@@ -96,6 +96,7 @@ def self_check_table(exp, model, rows, name: str) -> dict:
     though the model beats TV."""
     from metajax import pretrained
     from metajax.engine.evaluation import measurements
+    from metajax.pretrained.selfcheck import TOLERANCE
 
     per_task, missed, alarms, below, beats = {}, 0, 0, 0, 0
     for i, (operator, _, y) in enumerate(measurements(exp.tasks, "test", exp.cfg.trainer.seed)):
@@ -110,7 +111,35 @@ def self_check_table(exp, model, rows, name: str) -> dict:
         beats += int(beats_tv.sum())
         per_task[exp_label(exp, i)] = {"flags": flags.tolist(), "score": np.round(check["score"], 4).tolist()}
     return {"per_task": per_task, "below_zero_filled": below, "missed": missed, "beats_tv": beats,
-            "false_alarms": alarms, "rule": "flag when the model's held-out k-space error > min(zero-filled, TV)"}
+            "false_alarms": alarms, "rule": f"flag when the model's held-out k-space error > {TOLERANCE} × "
+                                            "min(zero-filled, TV)"}
+
+
+def grid_experiments(cfg):
+    """The chest and template Experiments of the robustness grid (the card's two image sets)."""
+    from metajax.engine.experiment import Experiment
+
+    unseen = {"source": "template", "num_slices": 32, "size": 256, "shuffle": True, "train": [0, 8], "val": [0, 8],
+              "test": [8, 32]}
+    return Experiment(grid_config(cfg), ROOT), Experiment(grid_config(cfg, unseen), ROOT)
+
+
+def refresh_self_check(name: str) -> None:
+    """Recompute the shipped card's ``self_check`` section from its own per-slice metrics."""
+    from metajax import pretrained
+
+    shipped, card = pretrained.load(name)
+    chest, template = grid_experiments(OmegaConf.create(card["config"]))
+    card["self_check"] = {"chest": self_check_table(chest, shipped, card["metrics"], name),
+                          "template": self_check_table(template, shipped, card["metrics_unseen"], name)}
+    (ROOT / "metajax" / "pretrained" / name / "card.json").write_text(json.dumps(card, indent=2))
+    print_self_check(card)
+
+
+def print_self_check(card: dict) -> None:
+    for key, stats in card["self_check"].items():
+        print(f"self-check {key}: {stats['missed']} of {stats['below_zero_filled']} below-zero-filled slices missed, "
+              f"{stats['false_alarms']} false alarms of {stats['beats_tv']} slices beating TV")
 
 
 def robustness_markdown(card: dict, name: str) -> str:
@@ -142,7 +171,12 @@ def main() -> None:
     parser.add_argument("--tv-tune-images", type=int, default=5)
     parser.add_argument("--no-train", action="store_true",
                         help="use the finished run directories as they are (rebuild the weights and card only)")
+    parser.add_argument("--refresh-self-check", action="store_true",
+                        help="recompute only the card's self-check statistics (after a change of its rule)")
     args = parser.parse_args()
+    if args.refresh_self_check:
+        refresh_self_check(args.name)
+        return
     commands = []
     for preset, run, init in stages(args.name):
         command = train_command(run, preset, init)
@@ -210,13 +244,10 @@ def main() -> None:
     def method():  # a fresh method per table: a compiled method is specific to its image size
         return {args.name: network_method(lambda i: shipped, lambda i: 0)}
 
+    chest, template = grid_experiments(cfg)
     print("evaluating the robustness grid on the chest test slices ...", flush=True)
-    chest = Experiment(grid_config(cfg), ROOT)
     card["metrics"], card["tv_weights"] = table(chest, method, args.tv_iterations, args.tv_tune_images)
-    unseen = {"source": "template", "num_slices": 32, "size": 256, "shuffle": True, "train": [0, 8], "val": [0, 8],
-              "test": [8, 32]}
     print("evaluating the robustness grid on the MNI152 template (never seen) ...", flush=True)
-    template = Experiment(grid_config(cfg, unseen), ROOT)
     card["metrics_unseen"], card["tv_weights_unseen"] = table(template, method, args.tv_iterations,
                                                               args.tv_tune_images)
     card["metrics_unseen_data"] = ("MNI152 2009a template (nilearn), 32 axial slices at 256², shuffled; test "
@@ -243,9 +274,7 @@ def main() -> None:
     (run_dir / "robustness.md").write_text(table_md)
     print(table_md)
     print("offered:", card["offered"])
-    for key, stats in card["self_check"].items():
-        print(f"self-check {key}: {stats['missed']} of {stats['below_zero_filled']} below-zero-filled slices missed, "
-              f"{stats['false_alarms']} false alarms of {stats['beats_tv']} slices beating TV")
+    print_self_check(card)
     print(f"wrote {out}")
 
 

@@ -14,8 +14,8 @@ retrospectively, and the output says so).
 Self-check (``check=true``, the default): :func:`metajax.pretrained.self_check`
 holds out ``check_fraction`` of each slice's non-central samples, reconstructs
 from the rest and compares the model's prediction of the held-out samples with
-zero-filled's and TV's. Slices where the model is worse (score > 1: outside its
-domain) are named in a warning and, with ``fallback=tv`` (the default), are
+zero-filled's and TV's. Slices where the model is worse by more than the
+tolerance (score > 1.3: outside its domain) are named in a warning and, with ``fallback=tv`` (the default), are
 reconstructed with TV instead: a learned model out of its domain can be far
 below zero-filled, TV never is; ``fallback=none`` keeps the model's output.
 
@@ -58,7 +58,7 @@ from metajax.engine.experiment import ConfigError, resolve_path
 from metajax.engine.models import load_model_source
 from metajax.models import tv_reconstruction
 from metajax.operators import SingleCoilMRI
-from metajax.pretrained.selfcheck import self_check, tv_weight_for
+from metajax.pretrained.selfcheck import TOLERANCE, self_check, tv_weight_for
 
 CHUNK = 4
 
@@ -222,13 +222,14 @@ def reconstruct_main(cfg) -> None:
             action = "reconstructed with TV instead (fallback=tv)" if cfg.fallback == "tv" else \
                 "kept the model's reconstruction (fallback=none)"
             print(f"warning: out of the model's domain on slice(s) {names}: it predicts held-out k-space worse "
-                  f"than zero-filled or TV (self-check score > 1); {action}.", flush=True)
+                  f"than zero-filled or TV (self-check score > {TOLERANCE}); {action}.", flush=True)
             if cfg.fallback == "tv":
                 recon[flagged] = tv_slices(kspace[flagged], mask, scales[flagged])
                 method[flagged] = "tv"
         else:
-            print(f"self-check: the model predicts held-out k-space better than zero-filled and TV on all "
-                  f"{len(recon)} slice(s) (scores {check['score'].min():.2f}–{check['score'].max():.2f}).")
+            print(f"self-check: the model predicts held-out k-space within {TOLERANCE}× of zero-filled and TV or "
+                  f"better on all {len(recon)} slice(s) (scores {check['score'].min():.2f}–"
+                  f"{check['score'].max():.2f}).")
     magnitude = np.abs(recon).astype(np.float32)
     with h5py.File(out_dir / "reconstruction.h5", "w") as f:
         f["reconstruction"] = magnitude
@@ -242,7 +243,7 @@ def reconstruct_main(cfg) -> None:
                 f[f"self_check/{key}"] = check[key].astype(np.float32)
             f["self_check/flag"] = check["flag"].astype(np.uint8)
             f["self_check"].attrs.update({"fraction": cfg.check_fraction, "rule": "flag when the model's relative "
-                                          "error on held-out k-space exceeds min(zero-filled, TV)"})
+                                          f"error on held-out k-space exceeds {TOLERANCE} × min(zero-filled, TV)"})
         f.attrs.update({"model": source.label, "input": str(cfg.input), "sampling_ratio": ratio,
                         "notes": "; ".join(notes), "fallback": cfg.fallback})
     if cfg.png:

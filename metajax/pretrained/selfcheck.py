@@ -11,7 +11,13 @@ For one slice with measurements ``y`` on a mask ``M``:
    ``e = ‖held ⊙ (F x̂ − y)‖ / ‖held ⊙ y‖``. Zero-filled predicts zero there,
    so ``e_zf = 1`` exactly; TV interpolates k-space from its smoothness prior.
 4. The slice is *flagged* when the model predicts the held-out samples worse
-   than the better classical method: ``e_model > min(e_zf, e_tv)``.
+   than the better classical method, by more than a tolerance:
+   ``score = e_model / min(e_zf, e_tv) > TOLERANCE`` (1.3). In its domain the
+   model's image is only a little better than TV's, so their held-out errors
+   are close (score 0.76–1.15 for 90 % of the shipped model's validation
+   slices) and a tolerance of 1 raised 22 % false alarms; out of its domain the
+   score is 1.4–80 (the radial-only fixture on every family where it is below
+   zero-filled). 1.3 was chosen on validation slices 70–77 (docs/models.md).
 
 A model inside its domain predicts unmeasured k-space better than TV (that is
 what it was trained to do); a model out of its domain (an unfamiliar mask
@@ -37,6 +43,7 @@ from metajax.operators import SingleCoilMRI, fft2c
 __all__ = ["holdout", "self_check", "tv_weight_for"]
 
 SPOKES = 8  # lines through the centre along which a 2-D mask's held-out samples lie
+TOLERANCE = 1.3  # flag when the model's held-out error exceeds this times the better classical one
 
 # TV weights tuned on the chest validation slices (images scaled to max 1) at pseudo-radial 10/20/30/40 %
 _TUNED = ((0.1, 3e-3), (0.2, 1e-3), (0.3, 3e-4), (0.4, 3e-4))
@@ -116,7 +123,7 @@ def self_check(model, mask, y, key, fraction: float = 0.05, tv_iterations: int =
 
     Returns:
         a dict of (S,) arrays ``model``, ``zero_filled`` (= 1), ``tv`` (relative held-out errors),
-        ``score`` = ``model / min(zero_filled, tv)`` and ``flag`` = ``score > 1``; plus the ``kept`` and
+        ``score`` = ``model / min(zero_filled, tv)`` and ``flag`` = ``score > TOLERANCE``; plus the ``kept`` and
         ``held`` masks.
     """
     y = jnp.asarray(y)
@@ -137,7 +144,7 @@ def self_check(model, mask, y, key, fraction: float = 0.05, tv_iterations: int =
     e_model, e_tv = np.asarray(error(x_model)), np.asarray(error(x_tv))
     e_zf = np.ones_like(e_model)
     score = e_model / np.minimum(e_zf, e_tv)
-    out = {"model": e_model, "zero_filled": e_zf, "tv": e_tv, "score": score, "flag": score > 1}
+    out = {"model": e_model, "zero_filled": e_zf, "tv": e_tv, "score": score, "flag": score > TOLERANCE}
     if single:
         out = {k: v[0] for k, v in out.items()}
     return {**out, "kept": kept, "held": held, "fraction": fraction, "held_out": int(np.count_nonzero(held))}
