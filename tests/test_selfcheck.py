@@ -84,13 +84,18 @@ def test_self_check_flags_the_radial_only_model_where_it_is_below_zero_filled(fa
     assert pretrained.self_check(model, mask, y, KEY)["flag"].all()
 
 
-@pytest.mark.parametrize("ratio", [0.1, 0.2, 0.3])
-def test_self_check_does_not_flag_the_shipped_model_on_the_pseudo_radial_masks(ratio):
+def test_self_check_rarely_flags_the_shipped_model_on_the_pseudo_radial_masks():
+    """In its domain (all 15 chest test slices at 10 / 20 / 30 %) the shipped model is flagged on at most 5 % of
+    the slices (the false-alarm target of issue 23)."""
     model, _ = pretrained.load("chest_dcnet")
-    x = jnp.asarray(data.chest_images()[85:88], jnp.complex64)
-    mask = jnp.asarray(data.pseudo_radial_mask(ratio))
-    check = pretrained.self_check(model, mask, jax.vmap(SingleCoilMRI(mask))(x), KEY)
-    assert not check["flag"].any(), check["score"]
+    x = jnp.asarray(data.chest_images()[85:100], jnp.complex64)
+    flags = []
+    for ratio in (0.1, 0.2, 0.3):
+        mask = jnp.asarray(data.pseudo_radial_mask(ratio))
+        check = pretrained.self_check(model, mask, jax.vmap(SingleCoilMRI(mask))(x), KEY)
+        assert np.median(check["score"]) < 1.0, check["score"]
+        flags.extend(check["flag"])
+    assert sum(flags) <= 0.05 * len(flags), sum(flags)
 
 
 def test_bad_self_check_arguments_raise():
