@@ -38,6 +38,14 @@ def sampling_ratios(tasks) -> list[float]:
     return [float(r) for r in np.asarray(tasks.operator.mask, np.float64).mean(axis=(-2, -1))]
 
 
+def _trained(cfg):
+    """A trained model's config without its ``trainer.init``: the weights come from the model file, and the run
+    it was started from need not exist where the model is used."""
+    if cfg.get("trainer") is not None and cfg.trainer.get("init") is not None:
+        cfg.trainer.init = None
+    return cfg
+
+
 def line_tasks(tasks) -> list[bool] | None:
     """Whether each stacked task's mask is a 1-D line mask, or None when all tasks are of one kind (then the
     task weight depends on the ratio alone, as before)."""
@@ -51,7 +59,8 @@ def load_model_source(spec: str, base: Path | None = None) -> ModelSource:
     if spec.startswith(PRETRAINED):
         name = spec[len(PRETRAINED):]
         model, card = pretrained.load(name)
-        return ModelSource(model, OmegaConf.create(card["config"]), tuple(card["config"]["tasks"]["ratios"]), spec)
+        return ModelSource(model, _trained(OmegaConf.create(card["config"])), tuple(card["config"]["tasks"]["ratios"]),
+                           spec)
     run_dir = Path(spec)
     if base is not None and not run_dir.is_absolute():
         run_dir = base / run_dir
@@ -59,7 +68,7 @@ def load_model_source(spec: str, base: Path | None = None) -> ModelSource:
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"`model_dir`: {str(run_dir / name)!r} does not exist; give a trained run "
                                     f"directory or pretrained:NAME (available: {pretrained.available()}).")
-    cfg = OmegaConf.load(run_dir / "config.yaml")
+    cfg = _trained(OmegaConf.load(run_dir / "config.yaml"))
     exp = Experiment(cfg, base)
     model = checkpoint.load(run_dir / "model.eqx", exp.model(exp.params))
     label = f"{cfg.model.name} ({cfg.solver.name})"
