@@ -57,7 +57,7 @@ def grid_config(cfg, data: dict | None = None):
     from metajax.engine.config import TASKS
 
     grid = OmegaConf.structured(TASKS["grid"])
-    return OmegaConf.merge(cfg, {"tasks": grid, **({"data": data} if data else {})})
+    return OmegaConf.merge(cfg, {"tasks": grid, "trainer": {"init": None}, **({"data": data} if data else {})})
 
 
 def table(exp, method, tv_iterations: int, tune_images: int):
