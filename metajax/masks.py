@@ -326,6 +326,18 @@ def poisson_disc(key, shape, acceleration: float = 4.0, center_fraction: float =
                      f"Poisson-disc mask with `min_distance` = {min_distance} (closest: {achieved:.2f}).")
 
 
+def center_block(shape, center_fraction: float = 0.08, at_least_one: bool = False) -> np.ndarray:
+    """Boolean (H, W): the ``round(cf · H) × round(cf · W)`` block around ``[H // 2, W // 2]`` (at least 1 × 1
+    with ``at_least_one``)."""
+    h, w = shape
+    ch, cw = round(center_fraction * h), round(center_fraction * w)
+    if at_least_one:
+        ch, cw = max(1, ch), max(1, cw)
+    block = np.zeros((h, w), bool)
+    block[h // 2 - ch // 2:h // 2 - ch // 2 + ch, w // 2 - cw // 2:w // 2 - cw // 2 + cw] = True
+    return block
+
+
 def thin(key, mask, drop: float, center_fraction: float = 0.08) -> jax.Array:
     """``mask`` with a random ``drop`` fraction of its sampled points outside the centre removed.
 
@@ -339,10 +351,7 @@ def thin(key, mask, drop: float, center_fraction: float = 0.08) -> jax.Array:
     if isinstance(drop, bool) or not isinstance(drop, numbers.Real) or not 0.0 <= drop < 1.0:
         raise ValueError(f"`drop` must be a real number in [0, 1); got {drop!r}.")
     h, w = mask.shape
-    ch, cw = round(center_fraction * h), round(center_fraction * w)
-    center = np.zeros((h, w), bool)
-    center[h // 2 - ch // 2:h // 2 - ch // 2 + ch, w // 2 - cw // 2:w // 2 - cw // 2 + cw] = True
-    outer = np.asarray(mask) & ~center
+    outer = np.asarray(mask) & ~center_block((h, w), center_fraction)
     count = round(drop * int(outer.sum()))
     score = jnp.where(jnp.asarray(outer), jax.random.uniform(key, (h, w)), 2.0)
     dropped = _first_n((score,), count, (h, w))

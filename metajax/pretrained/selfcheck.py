@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metajax._validation import as_binary_mask, check_key
-from metajax.masks import is_line_mask
+from metajax.masks import center_block, is_line_mask
 from metajax.models.classical import tv_reconstruction
 from metajax.operators import SingleCoilMRI, fft2c
 
@@ -53,14 +53,6 @@ def tv_weight_for(ratio) -> jax.Array:
     """The TV weight λ for a sampling ratio: log-linear between those tuned at 10–40 % (constant outside)."""
     r, w = np.array(_TUNED).T
     return 10 ** jnp.interp(ratio, r, np.log10(w))
-
-
-def _center_block(shape, center_fraction: float) -> np.ndarray:
-    h, w = shape
-    ch, cw = max(1, round(center_fraction * h)), max(1, round(center_fraction * w))
-    block = np.zeros(shape, bool)
-    block[h // 2 - ch // 2:h // 2 - ch // 2 + ch, w // 2 - cw // 2:w // 2 - cw // 2 + cw] = True
-    return block
 
 
 def holdout(key, mask, fraction: float = 0.05, center_fraction: float = 0.08) -> tuple[jax.Array, jax.Array]:
@@ -80,7 +72,7 @@ def holdout(key, mask, fraction: float = 0.05, center_fraction: float = 0.08) ->
     mask = np.asarray(as_binary_mask("mask", mask))
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"`fraction` must lie in (0, 1); got {fraction!r}.")
-    center = _center_block(mask.shape, center_fraction)
+    center = center_block(mask.shape, center_fraction, at_least_one=True)
     if bool(is_line_mask(mask)):
         by_columns = bool(np.all(mask == mask[:1]))
         lines = mask[0] if by_columns else mask[:, 0]
