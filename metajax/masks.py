@@ -358,6 +358,69 @@ def thin(key, mask, drop: float, center_fraction: float = 0.08) -> jax.Array:
     return jnp.asarray(mask) & ~dropped
 
 
+SELECTIONS = ("uniform", "gaussian")
+"""How :func:`split` picks the loss set Λ: every candidate equally likely, or weighted towards the centre."""
+
+
+def split(key, mask, fraction: float = 0.4, *, selection: str = "uniform", center_fraction: float = 0.035,
+          lines: bool = False) -> tuple[jax.Array, jax.Array]:
+    """``(theta, lam)``: the sampled set Ω of ``mask`` split into a network-input set Θ and a loss set Λ (SSDU).
+
+    Every sampled point outside the ``round(center_fraction · H) × round(center_fraction · W)`` centre
+    block (a *candidate*) goes to Λ independently with probability π_i, to Θ otherwise; the centre always
+    stays in Θ (the network keeps the image's contrast). So ``theta | lam == mask``, ``theta & lam`` is
+    empty, and ``E |Λ| = fraction · m`` for ``m`` candidates:
+
+    - ``selection="uniform"``: π_i = ``fraction``;
+    - ``selection="gaussian"``: π_i = min(1, c · exp(−(u_i² + v_i²) / (2 σ²))) with (u, v) the offset from
+      the centre in units of (H, W) and σ = 1/4 (SSDU's Gaussian selection, std = size / 4), c bisected so
+      that Σ π_i = ``fraction · m`` — the loss set favours low frequencies.
+
+    ``lines=True`` draws whole columns instead of points (for a mask that samples whole columns, so that Θ
+    stays a line mask of its family); π then applies per candidate column. Independent draws make the
+    expectation of a loss over splits a closed form (tested). jit-compatible (``mask`` may be traced;
+    ``fraction``, ``selection``, ``center_fraction`` and ``lines`` static).
+
+    Args:
+        key: PRNG key of the split.
+        mask: (H, W) boolean sampling mask Ω, centred layout.
+        fraction: expected share of the candidates in Λ, in (0, 1) (SSDU: 0.4).
+    """
+    check_key("key", key)
+    mask = as_binary_mask("mask", mask)
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0.0 < fraction < 1.0:
+        raise ValueError(f"`fraction` must be a real number in (0, 1); got {fraction!r}.")
+    if selection not in SELECTIONS:
+        raise ValueError(f"`selection` must be one of {SELECTIONS}; got {selection!r}.")
+    h, w = mask.shape
+    center = center_block((h, w), center_fraction)
+    if lines:  # (W,): the sampled columns outside the central ones
+        candidates = jnp.any(mask, axis=0) & ~jnp.asarray(center.any(axis=0))
+    else:
+        candidates = mask & ~jnp.asarray(center)
+    v, u = np.meshgrid((np.arange(h) - h // 2) / h, (np.arange(w) - w // 2) / w, indexing="ij")
+    weight = np.exp(-(u**2 + v**2) / (2 * 0.25**2))
+    weight = weight[h // 2] if lines else weight
+    if selection == "uniform":
+        probability = jnp.full(candidates.shape, fraction)
+    else:
+        target = fraction * jnp.sum(candidates)
+
+        def expected(c):
+            return jnp.sum(jnp.where(candidates, jnp.minimum(1.0, c * weight), 0.0))
+
+        def bisect(_, bounds):
+            lo, hi = bounds
+            mid = 0.5 * (lo + hi)
+            return jnp.where(expected(mid) < target, mid, lo), jnp.where(expected(mid) < target, hi, mid)
+
+        lo, hi = jax.lax.fori_loop(0, 60, bisect, (0.0, 1.0 / weight.min()))
+        probability = jnp.minimum(1.0, 0.5 * (lo + hi) * weight)
+    lam = candidates & (jax.random.uniform(key, candidates.shape) < probability)
+    lam = mask & lam[None, :] if lines else lam
+    return mask & ~lam, lam
+
+
 def is_line_mask(mask) -> jax.Array:
     """True when ``mask`` (H, W) samples whole columns or whole rows (1-D Cartesian undersampling); jit-compatible."""
     mask = jnp.asarray(mask, bool)

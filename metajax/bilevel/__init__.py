@@ -20,7 +20,15 @@ from metajax.bilevel.base import (
 from metajax.bilevel.implicit import Implicit
 from metajax.bilevel.inner import adapt
 from metajax.bilevel.linear_solve import conjugate_gradient, neumann_series
-from metajax.bilevel.losses import TaskBatch, group_losses, measurement_loss, sample_batch, supervised_loss
+from metajax.bilevel.losses import (
+    Splitting,
+    TaskBatch,
+    group_losses,
+    measurement_loss,
+    sample_batch,
+    splitting_loss,
+    supervised_loss,
+)
 from metajax.bilevel.maml import MAML
 from metajax.bilevel.parameters import (
     RatioWeighted,
@@ -54,6 +62,8 @@ __all__ = [
     "sample_batch",
     "supervised_loss",
     "measurement_loss",
+    "Splitting",
+    "splitting_loss",
     "group_losses",
     "RatioWeighted",
     "Shared",

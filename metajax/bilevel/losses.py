@@ -5,8 +5,17 @@ and a minibatch of B images of one task with operator A:
 
     supervised:        ℓ = (1/B) Σ_b ‖f(y_b) − x_b‖²
     measurement-only:  ℓ = (1/B) Σ_b ‖A f(y_b) − y_b‖²
+    splitting (SSDU):  ℓ = (1/(B D)) Σ_b Σ_d ‖P_Λ (A f_Θ(P_Θ y_b)) − P_Λ y_b‖²,   (Θ, Λ) = split_d(Ω)
 
-the second needing no ground truth (Meta-Prior's unsupervised inner loss).
+the last two needing no ground truth. The measurement-only loss (Meta-Prior's
+unsupervised inner loss) is *blind* for a network with exact data consistency
+(DCNet): A f(y) = y whatever its weights, so ℓ ≈ 0 and its gradient carries
+nothing (tested). The splitting loss hides the loss set Λ from the network
+(it reconstructs from Θ with the operator A_Θ on mask Θ) and scores its
+prediction of the hidden measurements, which no data-consistency step can fake:
+it sees the unmeasured k-space the way the supervised loss does, without
+ground truth. D draws (Θ, Λ) of :func:`metajax.masks.split` per image come from
+the batch's ``key``.
 The norms are sums over pixels (not means), as in the papers, so constants
 tuned there (Bian et al.'s δ and λ) keep their meaning; the value grows with
 the image size, which matters for inner SGD step sizes (Adam does not care).
@@ -24,8 +33,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from metajax._validation import check_key, is_concrete
+from metajax._validation import check_key, check_positive_int, is_concrete
 from metajax.data.tasks import Task
+from metajax.masks import split
 from metajax.operators.base import LinearOperator
 
 
@@ -38,12 +48,14 @@ class TaskBatch(eqx.Module):
         x: ground-truth images.
         y: measurements ``A x + noise``.
         task: the task's index (selects its ω in a :class:`~metajax.bilevel.TaskWeighted` model).
+        key: PRNG key of the k-space splits of :func:`splitting_loss` (unused by the other losses).
     """
 
     operator: LinearOperator
     x: jax.Array
     y: jax.Array
     task: jax.Array
+    key: jax.Array | None = None  # PRNG key of the k-space splits (splitting loss); one per task when stacked
 
 
 def sample_batch(tasks: Task, key, split: str, batch_size: int, task_ids=None) -> TaskBatch:
@@ -66,8 +78,9 @@ def sample_batch(tasks: Task, key, split: str, batch_size: int, task_ids=None) -
                          f"{task_ids.dtype}.")
     if is_concrete(task_ids) and bool(jnp.any(task_ids < 0)):
         raise ValueError(f"`task_ids` must be non-negative task indices; got {task_ids.tolist()}.")
-    x, y = jax.vmap(lambda t, k: t.batch(k, split, batch_size))(tasks, jax.random.split(key, n))
-    return TaskBatch(tasks.operator, x, y, task_ids)
+    keys = jax.random.split(key, n)
+    x, y = jax.vmap(lambda t, k: t.batch(k, split, batch_size))(tasks, keys)
+    return TaskBatch(tasks.operator, x, y, task_ids, jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys))
 
 
 def _squared_error(a, b):
@@ -85,7 +98,9 @@ def _per_task(error_of_image, model, batch: TaskBatch, batch_size):
         raise ValueError(f"`batch_size` must be None or a positive integer; got {batch_size!r}.")
 
     def one_task(b):
-        return jnp.mean(_map(lambda xy: error_of_image(model, b.operator, b.task, *xy), (b.x, b.y), batch_size))
+        keys = None if b.key is None else jax.random.split(b.key, b.x.shape[0])
+        return jnp.mean(_map(lambda xyk: error_of_image(model, b.operator, b.task, *xyk), (b.x, b.y, keys),
+                             batch_size))
 
     if batch.x.ndim == 3:
         return one_task(batch)
@@ -94,11 +109,11 @@ def _per_task(error_of_image, model, batch: TaskBatch, batch_size):
     return _map(one_task, batch, batch_size)
 
 
-def _supervised_error(model, operator, task, x, y):
+def _supervised_error(model, operator, task, x, y, key):
     return _squared_error(model(operator, y, task), x)
 
 
-def _measurement_error(model, operator, task, x, y):
+def _measurement_error(model, operator, task, x, y, key):
     return _squared_error(operator(model(operator, y, task)), y)
 
 
@@ -117,6 +132,58 @@ def measurement_loss(model, batch: TaskBatch, *, batch_size: int | None = None) 
     """``(1/B) Σ_b ‖A f(y_b) − y_b‖²`` per task (no ground truth used): scalar or (N,); ``batch_size`` as in
     :func:`supervised_loss`."""
     return _per_task(_measurement_error, model, batch, batch_size)
+
+
+class Splitting(eqx.Module):
+    """The splitting (SSDU) loss with its settings: ``Splitting(fraction=0.4)(model, batch)``; see
+    :func:`splitting_loss`."""
+
+    fraction: float = eqx.field(static=True, default=0.4)
+    draws: int = eqx.field(static=True, default=1)
+    selection: str = eqx.field(static=True, default="uniform")
+    center_fraction: float = eqx.field(static=True, default=0.035)
+    lines: bool = eqx.field(static=True, default=False)
+
+    def __check_init__(self):
+        check_positive_int("draws", self.draws)
+        split(jax.random.key(0), jnp.ones((8, 8), bool), self.fraction, selection=self.selection)  # validates
+
+    def error(self, model, operator, task, x, y, key):
+        """Mean over ``draws`` splits of one image's ``‖P_Λ (A f(A_Θ, P_Θ y)) − P_Λ y‖²``."""
+        mask = getattr(operator, "mask", None)
+        if mask is None:
+            raise TypeError(f"the splitting loss needs an MRI operator with a `mask`; got {type(operator).__name__}.")
+
+        def one(k):
+            theta, lam = split(k, mask, self.fraction, selection=self.selection,
+                               center_fraction=self.center_fraction, lines=self.lines)
+            hidden = eqx.tree_at(lambda op: op.mask, operator, theta)
+            prediction = operator(model(hidden, jnp.where(theta, y, 0), task))
+            return _squared_error(jnp.where(lam, prediction, 0), jnp.where(lam, y, 0))
+
+        return jnp.mean(jax.lax.map(one, jax.random.split(key, self.draws)))
+
+    def __call__(self, model, batch: TaskBatch, *, batch_size: int | None = None) -> jax.Array:
+        if batch.key is None:
+            raise ValueError("the splitting loss draws its k-space splits from `batch.key`; got a TaskBatch "
+                             "without a key (TaskBatch(..., key=jax.random.key(0)), or `sample_batch`).")
+        return _per_task(self.error, model, batch, batch_size)
+
+
+def splitting_loss(model, batch: TaskBatch, *, fraction: float = 0.4, draws: int = 1, selection: str = "uniform",
+                   center_fraction: float = 0.035, lines: bool = False, batch_size: int | None = None) -> jax.Array:
+    """The self-supervised splitting loss (Yaman et al.'s SSDU) per task: scalar for one task, (N,) stacked.
+
+    For each image and each of ``draws`` splits (Θ, Λ) = :func:`metajax.masks.split` of its operator's mask
+    (keys from ``batch.key``): the network reconstructs from Θ only, ``x̂ = f(A_Θ, P_Θ y)`` with ``A_Θ`` the
+    operator on mask Θ, and is scored on the hidden set, ``‖P_Λ (A x̂) − P_Λ y‖²`` (a sum over Λ and over
+    coils for :class:`~metajax.operators.MultiCoilMRI`). ``fraction`` (expected share of the non-central
+    sampled points in Λ; SSDU's 0.4), ``selection`` (uniform | gaussian), ``center_fraction`` (the centre
+    block always in Θ) and ``lines`` (split whole columns) are :func:`~metajax.masks.split`'s. No ground
+    truth is read (``batch.x`` is ignored). ``batch_size`` as in :func:`supervised_loss`.
+    """
+    loss = Splitting(fraction, draws, selection, center_fraction, lines)
+    return loss(model, batch, batch_size=batch_size)
 
 
 def group_losses(loss, model, batches) -> jax.Array:
