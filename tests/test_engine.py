@@ -47,14 +47,23 @@ def test_train_evaluate_baselines_adapt_end_to_end(tmp_path):
     assert methods == {"zero-filled", "TV", "conventional"}
 
     adapted = tmp_path / "adapt"
-    run("adapt", "preset=ci", f"adapt.model_dir={train_dir}", "tasks.ratios=[0.3]", "adapt.images=2",
-        "adapt.steps=3", f"hydra.run.dir={adapted}")
+    run("adapt", "preset=ci", f"adapt.model_dir={train_dir}", "adapt.mode=omega", "tasks.ratios=[0.3]",
+        "adapt.images=2", "adapt.steps=3", f"hydra.run.dir={adapted}")
     methods = [r["method"] for r in json.loads((adapted / "metrics.json").read_text())["rows"]]
     assert methods == ["before adaptation", "adapted (omega, supervised)"]
+    selfsup = tmp_path / "self"
+    run("adapt", "preset=ci", f"adapt.model_dir={train_dir}", "tasks.ratios=[0.3]", "adapt.steps=4",
+        "adapt.eval_every=2", "adapt.progress=false", f"hydra.run.dir={selfsup}")
+    methods = [r["method"] for r in json.loads((selfsup / "metrics.json").read_text())["rows"]]
+    assert methods == ["before adaptation", "adapted (self, splitting)"]
+    report = json.loads((selfsup / "adaptation.json").read_text())["tasks"][0]
+    assert [r["step"] for r in report["curve"] if "heldout" in r] == [0, 2, 4] and report["slices"] == 2
+    assert report["best_heldout"] == min(r["heldout"] for r in report["curve"] if "heldout" in r)
     finetuned = tmp_path / "finetune"
     run("adapt", "preset=ci", f"adapt.model_dir={train_dir}", "adapt.mode=finetune", "adapt.loss=measurement",
         "adapt.images=2", "adapt.steps=2", "eval.figure=false", f"hydra.run.dir={finetuned}")
-    assert (finetuned / "metrics.json").is_file()
+    methods = [r["method"] for r in json.loads((finetuned / "metrics.json").read_text())["rows"]]
+    assert methods == ["before adaptation"] * 2 + ["adapted (finetune, measurement)"] * 2
 
 
 def test_conventional_per_task_trains_one_network_per_task(tmp_path):
@@ -228,9 +237,9 @@ def test_evaluate_and_adapt_a_pretrained_model_on_other_data(tmp_path):
     rows = json.loads((tmp_path / "e" / "metrics.json").read_text())["rows"]
     assert [(r["method"], r["ratio"], r["images"]) for r in rows] == [(f"pretrained:{name}", 0.15, 2),
                                                                       (f"pretrained:{name}", 0.35, 2)]
-    result = run("adapt", *overrides, f"adapt.model_dir=pretrained:{name}", "adapt.images=2", "adapt.steps=2",
-                 f"hydra.run.dir={tmp_path / 'a'}")
-    assert "adapt task 2/2 (ratio 0.35): step 2/2" in result.stdout
+    result = run("adapt", *overrides, f"adapt.model_dir=pretrained:{name}", "adapt.mode=omega", "adapt.images=2",
+                 "adapt.steps=2", f"hydra.run.dir={tmp_path / 'a'}")
+    assert "adapt task 2/2" in result.stdout and "(step " in result.stdout
     methods = [r["method"] for r in json.loads((tmp_path / "a" / "metrics.json").read_text())["rows"]]
     assert methods == ["before adaptation"] * 2 + ["adapted (omega, supervised)"] * 2
     bad = run("evaluate", "preset=ci", "model_dir=pretrained:nope", f"hydra.run.dir={tmp_path / 'x'}", check=False)

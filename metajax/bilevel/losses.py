@@ -143,9 +143,12 @@ class Splitting(eqx.Module):
     selection: str = eqx.field(static=True, default="uniform")
     center_fraction: float = eqx.field(static=True, default=0.035)
     lines: bool = eqx.field(static=True, default=False)
+    norm: str = eqx.field(static=True, default="l2")
 
     def __check_init__(self):
         check_positive_int("draws", self.draws)
+        if self.norm not in ("l2", "l1l2"):
+            raise ValueError(f"`norm` must be l2 or l1l2; got {self.norm!r}.")
         split(jax.random.key(0), jnp.ones((8, 8), bool), self.fraction, selection=self.selection)  # validates
 
     def error(self, model, operator, task, x, y, key):
@@ -159,7 +162,12 @@ class Splitting(eqx.Module):
                                center_fraction=self.center_fraction, lines=self.lines)
             hidden = eqx.tree_at(lambda op: op.mask, operator, theta)
             prediction = operator(model(hidden, jnp.where(theta, y, 0), task))
-            return _squared_error(jnp.where(lam, prediction, 0), jnp.where(lam, y, 0))
+            error = jnp.where(lam, prediction - y, 0)
+            if self.norm == "l2":
+                return _squared_error(error, 0)
+            target = jnp.abs(jnp.where(lam, y, 0))  # SSDU's normalised ℓ1–ℓ2
+            return (jnp.sqrt(_squared_error(error, 0)) / jnp.sqrt(jnp.sum(target**2))
+                    + jnp.sum(jnp.abs(error)) / jnp.sum(target))
 
         return jnp.mean(jax.lax.map(one, jax.random.split(key, self.draws)))
 
@@ -171,7 +179,8 @@ class Splitting(eqx.Module):
 
 
 def splitting_loss(model, batch: TaskBatch, *, fraction: float = 0.4, draws: int = 1, selection: str = "uniform",
-                   center_fraction: float = 0.035, lines: bool = False, batch_size: int | None = None) -> jax.Array:
+                   center_fraction: float = 0.035, lines: bool = False, norm: str = "l2",
+                   batch_size: int | None = None) -> jax.Array:
     """The self-supervised splitting loss (Yaman et al.'s SSDU) per task: scalar for one task, (N,) stacked.
 
     For each image and each of ``draws`` splits (Θ, Λ) = :func:`metajax.masks.split` of its operator's mask
@@ -179,10 +188,12 @@ def splitting_loss(model, batch: TaskBatch, *, fraction: float = 0.4, draws: int
     operator on mask Θ, and is scored on the hidden set, ``‖P_Λ (A x̂) − P_Λ y‖²`` (a sum over Λ and over
     coils for :class:`~metajax.operators.MultiCoilMRI`). ``fraction`` (expected share of the non-central
     sampled points in Λ; SSDU's 0.4), ``selection`` (uniform | gaussian), ``center_fraction`` (the centre
-    block always in Θ) and ``lines`` (split whole columns) are :func:`~metajax.masks.split`'s. No ground
+    block always in Θ) and ``lines`` (split whole columns) are :func:`~metajax.masks.split`'s. ``norm="l1l2"``
+    replaces the squared error by SSDU's normalised ℓ1–ℓ2, ``‖e‖₂ / ‖P_Λ y‖₂ + ‖e‖₁ / ‖P_Λ y‖₁`` (scale-free;
+    the ℓ1 part weighs the weak high frequencies more than the squared error does). No ground
     truth is read (``batch.x`` is ignored). ``batch_size`` as in :func:`supervised_loss`.
     """
-    loss = Splitting(fraction, draws, selection, center_fraction, lines)
+    loss = Splitting(fraction, draws, selection, center_fraction, lines, norm)
     return loss(model, batch, batch_size=batch_size)
 
 

@@ -17,10 +17,13 @@ into the Hydra run directory (``hydra.run.dir=DIR``) and prints a table:
   task weights is chosen from each task's sampling ratio
   (:class:`~metajax.bilevel.RatioWeighted`).
 - baselines: zero-filled, TV and conventional training for the configured tasks.
-- adapt: ``adapt.model_dir`` (a run or ``pretrained:NAME``) on the configured
-  (new) tasks: fit only ω with θ frozen (``adapt.mode=omega``) or fine-tune θ
-  (``adapt.mode=finetune``, ``adapt.loss=supervised|measurement``) on
-  ``adapt.images`` training images, printing progress.
+- adapt: ``adapt.model_dir`` (a run or ``pretrained:NAME``) adapted to each configured
+  (new) task (:mod:`metajax.engine.adaptation`): ``adapt.mode=self`` on the test
+  split's own measurements with the splitting loss (no ground truth read),
+  ``finetune`` on ``adapt.images`` ground-truth training images, ``omega`` on the
+  task weight only; the step kept is the one whose prediction of held-out
+  k-space of the test measurements is best; writes ``adaptation.json`` (curve,
+  chosen step, seconds per slice) besides the metrics.
 
 ``metajax-reconstruct`` (a user's k-space → images) is in
 :mod:`metajax.engine.reconstruct`. In a ``-m`` sweep every run also rewrites
@@ -34,20 +37,17 @@ import functools
 import json
 import logging
 import sys
-import time
 import traceback
 from pathlib import Path
 
-import equinox as eqx
 import hydra
 import jax
-import optax
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from metajax import bilevel, pretrained
-from metajax.engine import distributed, evaluation
+from metajax import pretrained
+from metajax.engine import adaptation, distributed, evaluation
 from metajax.engine.checkpoint import CheckpointError
 from metajax.engine.config import SOLVERS, register
 from metajax.engine.experiment import ConfigError, Experiment, task_labels
@@ -268,59 +268,46 @@ def baselines_main(cfg) -> None:
     _report(out_dir, rows, images, cfg.tasks.ratios, cfg, f"baselines, {cfg.eval.split} split", extra)
 
 
-def adapt_model(cfg, source: ModelSource, new_exp: Experiment):
-    """``(models, seconds)``: the loaded model adapted to each of ``new_exp``'s tasks (see the module
-    docstring), one model per task, and each task's adaptation time (its steps, compilation excluded).
+def adapt_settings(a, seed: int) -> adaptation.Settings:
+    """The :class:`~metajax.engine.adaptation.Settings` of an ``adapt`` config node."""
+    fields = {f: getattr(a, f) for f in adaptation.Settings.__dataclass_fields__ if f != "seed"}
+    return adaptation.Settings(**fields, seed=seed)
 
-    Each task starts from the model with ω chosen from that task's sampling ratio (the model before
-    adaptation) and runs ``adapt.steps`` Adam steps on ``adapt.images`` of its training images, printing
-    progress."""
+
+def adapt_model(cfg, source: ModelSource, new_exp: Experiment, log=_log):
+    """``(models, reports)``: the loaded model adapted to each of ``new_exp``'s tasks, one model per task, and each
+    task's report (:func:`metajax.engine.adaptation.adapt`: curve, chosen step, seconds).
+
+    Each task starts from the model with the ω it would choose for that task's mask, and stops on the held-out
+    k-space of the task's ``eval.split`` measurements (the ones evaluated). ``adapt.mode=self`` trains on those
+    same measurements only (their images are never passed to the adaptation); ``finetune`` / ``omega`` on ``adapt.images`` ground-truth
+    training images."""
     a = cfg.adapt
-    if a.mode not in ("omega", "finetune") or a.loss not in ("supervised", "measurement"):
-        raise ConfigError(f"`adapt.mode` must be omega or finetune and `adapt.loss` supervised or measurement; got "
-                          f"{a.mode!r}, {a.loss!r}.")
-    if not 1 <= a.images <= len(new_exp.splits["train"]):
+    settings = adapt_settings(a, cfg.trainer.seed)
+    settings.check()
+    if settings.mode != "self" and not 1 <= a.images <= len(new_exp.splits["train"]):
         raise ConfigError(f"`adapt.images` must be in [1, {len(new_exp.splits['train'])}] (the training images of "
                           f"the new tasks); got {a.images}.")
-    if a.steps < 1:
-        raise ConfigError(f"`adapt.steps` must be a positive integer; got {a.steps}.")
     if source.per_task is not None:
         raise ConfigError(f"{source.label} holds one network per task (solver.per_task); adapt a joint model.")
-    if a.mode == "omega" and not isinstance(source.model, bilevel.RatioWeighted):
-        raise ConfigError("`adapt.mode=omega` needs a model with task weights ω (solvers penalty, implicit, maml, "
-                          "fomaml, joint, or a pretrained model).")
-    loss_fn = bilevel.supervised_loss if a.loss == "supervised" else bilevel.measurement_loss
-    batch_size = new_exp.map_batch
-    adapted, seconds = [], []
+    adapted, reports = [], []
+    # the evaluated measurements themselves (noise included); their images are not passed on
+    evaluated = evaluation.measurements(new_exp.tasks, cfg.eval.split, cfg.trainer.seed)
     for i in range(new_exp.num_tasks):
         task = jax.tree.map(lambda t: t[i], new_exp.tasks)
-        x = task.train[: a.images]
-        batch = bilevel.TaskBatch(task.operator, x, task.measure(jax.random.key(cfg.trainer.seed + 7), x), 0)
-        start = source.model
-        if isinstance(start, bilevel.RatioWeighted):
-            start = bilevel.TaskWeighted(start.net, 1, omega=start.omega_for(task.operator))
-        theta, static = eqx.partition(start, eqx.is_inexact_array)
-        if a.mode == "omega":  # θ frozen: only ω is a parameter
-            theta, static = eqx.partition(start, lambda leaf: leaf is start.omega)
-        optimizer = optax.adam(a.lr)
-
-        def step(p, opt_state, b):
-            value, grad = jax.value_and_grad(lambda q: loss_fn(eqx.combine(q, static), b, batch_size=batch_size))(p)
-            updates, opt_state = optimizer.update(grad, opt_state, p)
-            return optax.apply_updates(p, updates), opt_state, value
-
-        opt_state = optimizer.init(theta)
-        step = jax.jit(step).lower(theta, opt_state, batch).compile()
-        tic = time.perf_counter()
-        for k in range(a.steps):
-            theta, opt_state, value = step(theta, opt_state, batch)
-            if k == 0 or (k + 1) % max(1, a.steps // 10) == 0 or k + 1 == a.steps:
-                print(f"adapt task {i + 1}/{new_exp.num_tasks} (ratio {new_exp.cfg.tasks.ratios[i]:.2f}): step "
-                      f"{k + 1}/{a.steps}, loss {float(value):.4e}, {time.perf_counter() - tic:.0f} s", flush=True)
-        jax.block_until_ready(theta)
-        seconds.append(time.perf_counter() - tic)
-        adapted.append(eqx.combine(theta, static))
-    return adapted, seconds
+        y = evaluated[i][2]
+        images = None if settings.mode == "self" else task.train[: a.images]
+        log(f"adapt task {i + 1}/{new_exp.num_tasks} ({task_labels(new_exp.cfg.tasks)[i]}): {settings.mode}, "
+            f"{settings.steps} steps on " + (f"the {len(y)} test slices' own measurements" if images is None else
+                                             f"{len(images)} ground-truth training images"))
+        model, report = adaptation.adapt(adaptation.single_task(source.model, task.operator), task.operator, y,
+                                         settings, images=images, log=log, progress=a.progress)
+        log(f"adapt task {i + 1}/{new_exp.num_tasks}: held-out error {report['start_heldout']:.4f} → "
+            f"{report['best_heldout']:.4f} (step {report['best_step']} of {settings.steps} kept), "
+            f"{report['seconds']:.1f} s ({report['seconds_per_slice']:.1f} s per slice)")
+        adapted.append(model)
+        reports.append({"task": task_labels(new_exp.cfg.tasks)[i], **report})
+    return adapted, reports
 
 
 @hydra.main(version_base=None, config_name="adapt")
@@ -332,13 +319,16 @@ def adapt_main(cfg) -> None:
         new_exp = Experiment(OmegaConf.merge(cfg, {"model": source.config.model}), _base())
         if source.per_task is None:
             before = _model_method(source, new_exp)
-        adapted, seconds = adapt_model(cfg, source, new_exp)
+        adapted, reports = adapt_model(cfg, source, new_exp)
     except (ConfigError, FileNotFoundError, CheckpointError, ValueError) as error:
         _fail(error)
     first = lambda i: 0  # noqa: E731 (each adapted model has one task)
+    loss = reports[0]["loss"]
     methods = {"before adaptation": before,
-               f"adapted ({cfg.adapt.mode}, {cfg.adapt.loss})": evaluation.network_method(lambda i: adapted[i], first)}
-    rows, images = evaluation.evaluate(methods, new_exp.tasks, cfg.tasks.ratios, cfg.eval.split, cfg.trainer.seed)
-    _report(out_dir, rows, images, cfg.tasks.ratios, cfg,
-            f"{cfg.adapt.model_dir} adapted on {cfg.adapt.images} images, {cfg.adapt.steps} steps",
-            {"adapt_seconds": seconds})
+               f"adapted ({cfg.adapt.mode}, {loss})": evaluation.network_method(lambda i: adapted[i], first)}
+    rows, images = evaluation.evaluate(methods, new_exp.tasks, cfg.tasks.ratios, cfg.eval.split, cfg.trainer.seed,
+                                       labels=task_labels(cfg.tasks))
+    (out_dir / "adaptation.json").write_text(json.dumps({"tasks": reports, "machine": machine_info()}, indent=2))
+    what = "its test slices' own measurements" if cfg.adapt.mode == "self" else f"{cfg.adapt.images} images"
+    _report(out_dir, rows, images, cfg.tasks.ratios, cfg, f"{cfg.adapt.model_dir} adapted on {what}",
+            {"adapt_seconds": [r["seconds"] for r in reports], "best_steps": [r["best_step"] for r in reports]})

@@ -139,12 +139,25 @@ class EvalConfig:
 
 @dataclass
 class AdaptConfig:
+    """Adaptation of a trained model to new tasks (metajax.engine.adaptation: the same fields as its Settings)."""
+
     model_dir: str = MISSING  # run directory of a trained model (model.eqx, config.yaml) or pretrained:NAME
-    mode: str = "omega"  # omega: fit only task weights ω with θ frozen; finetune: fine-tune θ
-    loss: str = "supervised"  # supervised | measurement
-    images: int = 8  # training images of the new task used for adaptation
-    steps: int = 50
-    lr: float = 1e-2
+    mode: str = "self"  # self: splitting loss on the test split's own measurements (no ground truth read) |
+    # finetune: adapt.images ground-truth training images | omega: only the task weight ω, θ frozen
+    loss: str = "auto"  # auto (self: splitting, others: supervised) | splitting | supervised | measurement
+    params: str = "all"  # which parameters move: all | cnn | omega
+    images: int = 5  # finetune / omega: ground-truth training images of the new task
+    steps: int = 60
+    lr: Optional[float] = None  # Adam; default by mode (self / finetune 3e-5, omega 1e-2)
+    batch: int = 2  # images (self: slices) per step
+    eval_every: int = 10  # held-out k-space error (stopping without ground truth) every this many steps
+    eval_slices: int = 8
+    holdout: float = 0.1  # share of the non-central sampled k-space held out for stopping
+    fraction: float = 0.4  # splitting loss: expected share of the loss set Λ
+    draws: int = 1  # splitting loss: splits per image and step
+    selection: str = "uniform"  # splitting loss: uniform | gaussian
+    norm: str = "l2"  # splitting loss: l2 | l1l2 (SSDU's normalised ℓ1–ℓ2)
+    progress: bool = True  # progress bar (else a line every eval_every steps)
 
 
 _GROUPS = [{"data": "default"}, {"tasks": "pseudo_radial"}, {"model": "dcnet"}, {"solver": "penalty"},

@@ -19,6 +19,11 @@ tolerance (score > 1.3: outside its domain) are named in a warning and, with ``f
 reconstructed with TV instead: a learned model out of its domain can be far
 below zero-filled, TV never is; ``fallback=none`` keeps the model's output.
 
+Adaptation (``adapt=self``): before reconstructing, the model is adapted to the file's own measurements
+with the splitting loss (:mod:`metajax.engine.adaptation`; ``adapt_steps``, ``adapt_lr``, ``adapt_params``),
+keeping the step whose prediction of held-out k-space is best (the unadapted model if none is better);
+``adaptation.json`` holds the curve, the chosen step and the seconds per slice.
+
 Scaling: the models were trained on images with maximum 1, so each slice's
 measurements are divided by ``s`` = the maximum of its zero-filled magnitude
 (``scale=0``, the default) or by the given ``scale``, reconstructed, and
@@ -37,6 +42,7 @@ reconstruction; progress is printed per chunk of slices.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -54,6 +60,7 @@ from omegaconf import MISSING
 
 from metajax import masks as mask_io
 from metajax._validation import as_binary_mask, open_hdf5
+from metajax.engine import adaptation
 from metajax.engine.experiment import ConfigError, resolve_path
 from metajax.engine.models import load_model_source
 from metajax.models import tv_reconstruction
@@ -75,6 +82,11 @@ class ReconstructConfig:
     check: bool = True  # the ground-truth-free self-check of every slice (held-out k-space; docs/models.md)
     check_fraction: float = 0.05  # share of the non-central samples the self-check holds out
     fallback: str = "tv"  # tv: slices the self-check flags are reconstructed with TV instead | none: keep the model's
+    adapt: str = "none"  # self: adapt the model to the file's own measurements first (splitting loss, no ground
+    # truth; metajax.engine.adaptation) | none
+    adapt_steps: int = 60
+    adapt_lr: Optional[float] = None  # default: metajax.engine.adaptation.DEFAULT_LR["self"]
+    adapt_params: str = "all"  # all | cnn | omega
 
 
 ConfigStore.instance().store(name="reconstruct", node=ReconstructConfig)
@@ -90,6 +102,8 @@ def load_inputs(cfg, base: Path | None):
         raise ValueError(f"`scale` must be 0 (each slice's zero-filled maximum) or a positive number; got {cfg.scale}.")
     if cfg.fallback not in ("tv", "none"):
         raise ValueError(f"`fallback` must be tv or none; got {cfg.fallback!r}.")
+    if cfg.adapt not in ("none", "self"):
+        raise ValueError(f"`adapt` must be none or self (adapt to the file's own measurements); got {cfg.adapt!r}.")
     if not 0 < cfg.check_fraction < 1:
         raise ValueError(f"`check_fraction` must lie in (0, 1); got {cfg.check_fraction}.")
     f = open_hdf5("input", path)
@@ -137,15 +151,27 @@ def load_inputs(cfg, base: Path | None):
     return np.where(mask, kspace, 0).astype(np.complex64), mask, notes
 
 
+def zero_filled_images(kspace: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(S, H, W) float32 magnitude of ``A^H y`` per slice."""
+    return np.abs(np.asarray(jax.vmap(SingleCoilMRI(jnp.asarray(mask)).adjoint)(jnp.asarray(kspace))))
+
+
+def slice_scales(zero_filled: np.ndarray, scale: float = 0.0) -> np.ndarray:
+    """(S,) the factor each slice's measurements are divided by: its zero-filled maximum (``scale=0``) or
+    ``scale``."""
+    scales = zero_filled.max(axis=(1, 2)) if scale == 0 else np.full(len(zero_filled), scale, np.float32)
+    if scale < 0 or np.any(scales <= 0):
+        raise ValueError("`scale`: slices with an all-zero zero-filled image cannot be scaled (give scale=…); "
+                         f"got scale={scale}.")
+    return scales
+
+
 def reconstruct(model, kspace: np.ndarray, mask: np.ndarray, scale: float = 0.0, log=print):
     """``(reconstruction (S, H, W) complex64, zero_filled (S, H, W) float32, scales (S,))`` of ``kspace``."""
     operator = SingleCoilMRI(jnp.asarray(mask))
     y = jnp.asarray(kspace)
-    zero_filled = np.abs(np.asarray(jax.vmap(operator.adjoint)(y)))
-    scales = zero_filled.max(axis=(1, 2)) if scale == 0 else np.full(len(kspace), scale, np.float32)
-    if scale < 0 or np.any(scales <= 0):
-        raise ValueError("`scale`: slices with an all-zero zero-filled image cannot be scaled (give scale=…); "
-                         f"got scale={scale}.")
+    zero_filled = zero_filled_images(kspace, mask)
+    scales = slice_scales(zero_filled, scale)
     fn = jax.jit(lambda m, ys: jax.vmap(lambda v: m(operator, v, 0))(ys))
     parts, tic = [], time.perf_counter()
     for s in range(0, len(y), CHUNK):
@@ -154,6 +180,19 @@ def reconstruct(model, kspace: np.ndarray, mask: np.ndarray, scale: float = 0.0,
         parts.append(np.asarray(fn(model, padded))[: len(chunk)] * scales[s:s + CHUNK, None, None])
         log(f"reconstructed slices {s + 1}–{s + len(chunk)} of {len(y)} ({time.perf_counter() - tic:.1f} s)")
     return np.concatenate(parts).astype(np.complex64), zero_filled.astype(np.float32), scales
+
+
+def adapt_to_file(model, kspace: np.ndarray, mask: np.ndarray, cfg, log=print):
+    """``(adapted model, report)``: ``model`` adapted to the file's own measurements (``adapt=self``)."""
+    operator = SingleCoilMRI(jnp.asarray(mask))
+    y = jnp.asarray(kspace) / jnp.asarray(slice_scales(zero_filled_images(kspace, mask), cfg.scale), jnp.float32)[:, None, None]
+    settings = adaptation.Settings(mode="self", steps=cfg.adapt_steps, lr=cfg.adapt_lr, params=cfg.adapt_params)
+    log(f"adapting to the file's own measurements ({len(y)} slice(s), {settings.steps} steps, splitting loss) ...")
+    adapted, report = adaptation.adapt(adaptation.single_task(model, operator), operator, y, settings, log=log)
+    log(f"adapted: held-out k-space error {report['start_heldout']:.4f} → {report['best_heldout']:.4f} (step "
+        f"{report['best_step']} of {settings.steps} kept), {report['seconds']:.1f} s "
+        f"({report['seconds_per_slice']:.1f} s per slice)")
+    return adapted, report
 
 
 def check_slices(model, kspace: np.ndarray, mask: np.ndarray, scales: np.ndarray, fraction: float,
@@ -210,11 +249,19 @@ def reconstruct_main(cfg) -> None:
     ratio = float(mask.mean())
     print(f"{len(kspace)} slice(s) of {kspace.shape[1]}×{kspace.shape[2]}, sampling ratio {ratio:.3f}, model "
           f"{source.label}" + "".join(f"; {n}" for n in notes), flush=True)
-    recon, zero_filled, scales = reconstruct(source.model, kspace, mask, cfg.scale, log=lambda m: print(m, flush=True))
+    model = source.model
+    if cfg.adapt == "self":
+        try:
+            model, report = adapt_to_file(model, kspace, mask, cfg, log=lambda m: print(m, flush=True))
+        except (ConfigError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(1)
+        (out_dir / "adaptation.json").write_text(json.dumps(report, indent=2))
+    recon, zero_filled, scales = reconstruct(model, kspace, mask, cfg.scale, log=lambda m: print(m, flush=True))
     method = np.array(["model"] * len(recon), dtype=object)
     check = None
     if cfg.check:
-        check = check_slices(source.model, kspace, mask, scales, cfg.check_fraction, log=lambda m: print(m, flush=True))
+        check = check_slices(model, kspace, mask, scales, cfg.check_fraction, log=lambda m: print(m, flush=True))
         flagged = np.flatnonzero(check["flag"])
         if flagged.size:
             first = cfg.slices[0] if cfg.slices is not None else 0
@@ -244,7 +291,8 @@ def reconstruct_main(cfg) -> None:
             f["self_check/flag"] = check["flag"].astype(np.uint8)
             f["self_check"].attrs.update({"fraction": cfg.check_fraction, "rule": "flag when the model's relative "
                                           f"error on held-out k-space exceeds {TOLERANCE} × min(zero-filled, TV)"})
-        f.attrs.update({"model": source.label, "input": str(cfg.input), "sampling_ratio": ratio,
+        f.attrs.update({"model": source.label + (" adapted to this file (self)" if cfg.adapt == "self" else ""),
+                        "input": str(cfg.input), "sampling_ratio": ratio,
                         "notes": "; ".join(notes), "fallback": cfg.fallback})
     if cfg.png:
         for i in range(len(recon)):
