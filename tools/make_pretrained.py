@@ -2,6 +2,8 @@
 
     python tools/make_pretrained.py                  # chest_dcnet: preset=long, then preset=robust (≈ 120 CPU min)
     python tools/make_pretrained.py --no-train       # weights and card from the finished runs in outputs/pretrained
+    python tools/make_pretrained.py --name chest_dcnet_meta    # preset=meta from chest_dcnet (≈ 25 CPU min)
+    python tools/make_pretrained.py --name chest_dcnet_joint   # its conventional twin (STAGES)
 
 Steps (the one documented way the files in ``metajax/pretrained/<name>/`` come to be; nothing is edited by hand):
 
@@ -41,15 +43,27 @@ REPRODUCE_SLICES = 3
 OFFER_MARGIN_DB = 2.0  # a family is offered when the model is ≥ zero-filled + this on average, never below it
 
 
-def train_command(run: str, preset: str, init: str | None = None) -> list[str]:
-    command = [str(Path(sys.executable).parent / "metajax-train"), f"preset={preset}",
-               f"hydra.run.dir=outputs/pretrained/{run}", "trainer.progress=false", "trainer.log_every=25"]
-    return command + ([f"trainer.init=outputs/pretrained/{init}"] if init else [])
+STAGES = {  # name: [(run directory name, overrides)]; each stage trains in outputs/pretrained/<run>
+    # stage 1 on the pseudo-radial masks, stage 2 mask-aware on the mixture of families
+    "chest_dcnet": [("chest_dcnet_long", ["preset=long"]),
+                    ("chest_dcnet", ["preset=robust", "trainer.init=outputs/pretrained/chest_dcnet_long"])],
+    # chest_dcnet meta-trained to adapt (first-order MAML, splitting inner loss, augmented mixture) ...
+    "chest_dcnet_meta": [("chest_dcnet_meta", ["preset=meta"])],
+    # ... and its conventional twin: the same start, tasks, augmentation and gradient evaluations, no inner loop
+    "chest_dcnet_joint": [("chest_dcnet_joint", ["preset=meta", "solver=joint", "trainer.batch=3"])],
+}
 
 
-def stages(name: str) -> list[tuple[str, str, str | None]]:
-    """``[(preset, run directory name, init run)]``: stage 1 on the pseudo-radial masks, stage 2 on the mixture."""
-    return [("long", f"{name}_long", None), ("robust", name, f"{name}_long")]
+def train_command(run: str, overrides: list[str]) -> list[str]:
+    return [str(Path(sys.executable).parent / "metajax-train"), *overrides, f"hydra.run.dir=outputs/pretrained/{run}",
+            "trainer.progress=false", "trainer.log_every=25"]
+
+
+def stages(name: str) -> list[tuple[str, list[str]]]:
+    """``[(run directory name, overrides)]`` of the shipped model ``name``."""
+    if name not in STAGES:
+        raise SystemExit(f"--name: no recipe for {name!r}; known: {sorted(STAGES)}.")
+    return STAGES[name]
 
 
 def grid_config(cfg, data: dict | None = None):
@@ -178,8 +192,8 @@ def main() -> None:
         refresh_self_check(args.name)
         return
     commands = []
-    for preset, run, init in stages(args.name):
-        command = train_command(run, preset, init)
+    for run, overrides in stages(args.name):
+        command = train_command(run, overrides)
         commands.append("metajax-train " + " ".join(command[1:]))
         if args.no_train:
             if not (ROOT / "outputs" / "pretrained" / run / "model.eqx").is_file():
@@ -234,7 +248,7 @@ def main() -> None:
         "trained_lines": line_tasks(exp.tasks),
         "kappa": [float(k) for k in np.asarray(kappa_of(model.net, model.omega))],
         "omega": [float(w) for w in np.asarray(model.omega)],
-        "compute": {"stages": [compute(run) for _, run, _ in stages(args.name)]},
+        "compute": {"stages": [compute(run) for run, _ in stages(args.name)]},
         "best": json.loads((run_dir / "best.json").read_text()) if (run_dir / "best.json").is_file() else None,
     }
     (out / "card.json").write_text(json.dumps(card, indent=2))

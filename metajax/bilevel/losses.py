@@ -35,7 +35,7 @@ import jax.numpy as jnp
 
 from metajax._validation import check_key, check_positive_int, is_concrete
 from metajax.data.tasks import Task
-from metajax.masks import split
+from metajax.masks import is_line_mask, split
 from metajax.operators.base import LinearOperator
 
 
@@ -142,7 +142,7 @@ class Splitting(eqx.Module):
     draws: int = eqx.field(static=True, default=1)
     selection: str = eqx.field(static=True, default="uniform")
     center_fraction: float = eqx.field(static=True, default=0.035)
-    lines: bool = eqx.field(static=True, default=False)
+    lines: bool | str = eqx.field(static=True, default="auto")
     norm: str = eqx.field(static=True, default="l2")
 
     def __check_init__(self):
@@ -158,8 +158,15 @@ class Splitting(eqx.Module):
             raise TypeError(f"the splitting loss needs an MRI operator with a `mask`; got {type(operator).__name__}.")
 
         def one(k):
-            theta, lam = split(k, mask, self.fraction, selection=self.selection,
-                               center_fraction=self.center_fraction, lines=self.lines)
+            def draw(lines):
+                return split(k, mask, self.fraction, selection=self.selection, center_fraction=self.center_fraction,
+                             lines=lines)
+
+            if self.lines == "auto":  # whole lines of a line mask (Θ stays in its family), points otherwise
+                line = is_line_mask(mask)
+                theta, lam = jax.tree.map(lambda a, b: jnp.where(line, a, b), draw(True), draw(False))
+            else:
+                theta, lam = draw(bool(self.lines))
             hidden = eqx.tree_at(lambda op: op.mask, operator, theta)
             prediction = operator(model(hidden, jnp.where(theta, y, 0), task))
             error = jnp.where(lam, prediction - y, 0)
@@ -179,7 +186,7 @@ class Splitting(eqx.Module):
 
 
 def splitting_loss(model, batch: TaskBatch, *, fraction: float = 0.4, draws: int = 1, selection: str = "uniform",
-                   center_fraction: float = 0.035, lines: bool = False, norm: str = "l2",
+                   center_fraction: float = 0.035, lines: bool | str = "auto", norm: str = "l2",
                    batch_size: int | None = None) -> jax.Array:
     """The self-supervised splitting loss (Yaman et al.'s SSDU) per task: scalar for one task, (N,) stacked.
 
@@ -188,7 +195,8 @@ def splitting_loss(model, batch: TaskBatch, *, fraction: float = 0.4, draws: int
     operator on mask Θ, and is scored on the hidden set, ``‖P_Λ (A x̂) − P_Λ y‖²`` (a sum over Λ and over
     coils for :class:`~metajax.operators.MultiCoilMRI`). ``fraction`` (expected share of the non-central
     sampled points in Λ; SSDU's 0.4), ``selection`` (uniform | gaussian), ``center_fraction`` (the centre
-    block always in Θ) and ``lines`` (split whole columns) are :func:`~metajax.masks.split`'s. ``norm="l1l2"``
+    block always in Θ) and ``lines`` (split whole columns; ``"auto"``: for line masks, decided from the mask,
+    traced or not) are :func:`~metajax.masks.split`'s. ``norm="l1l2"``
     replaces the squared error by SSDU's normalised ℓ1–ℓ2, ``‖e‖₂ / ‖P_Λ y‖₂ + ‖e‖₁ / ‖P_Λ y‖₁`` (scale-free;
     the ℓ1 part weighs the weak high frequencies more than the squared error does). No ground
     truth is read (``batch.x`` is ignored). ``batch_size`` as in :func:`supervised_loss`.

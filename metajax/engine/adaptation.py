@@ -38,12 +38,11 @@ import optax
 
 from metajax import bilevel
 from metajax.engine.validation import ConfigError
-from metajax.masks import is_line_mask
 from metajax.pretrained.selfcheck import holdout
 
 MODES = ("self", "finetune", "omega")
 PARAMS = ("all", "cnn", "omega")
-DEFAULT_LR = {"self": 3e-5, "finetune": 3e-5, "omega": 1e-2}
+DEFAULT_LR = {"self": 1e-4, "finetune": 1e-4, "omega": 1e-2}
 LOSSES = ("auto", "splitting", "supervised", "measurement")
 
 
@@ -61,7 +60,8 @@ class Settings:
     eval_every: int = 10  # held-out error every this many steps (and at step 0 and the last)
     eval_slices: int = 8  # slices the held-out error is measured on (evenly spaced; all when fewer)
     holdout: float = 0.1  # share of the non-central sampled k-space held out for stopping
-    fraction: float = 0.4  # splitting loss: expected share of Ω \ (centre ∪ Γ) in the loss set Λ
+    fraction: float = 0.2  # splitting loss: expected share of Ω \ (centre ∪ Γ) in the loss set Λ (SSDU: 0.4;
+    # 0.2 keeps the network's input closer to the full mask it reconstructs from: measured in docs/adaptation.md)
     draws: int = 1  # splitting loss: splits per image and step
     selection: str = "uniform"  # splitting loss: uniform | gaussian
     norm: str = "l2"  # splitting loss: l2 (squared error) | l1l2 (SSDU's normalised ℓ1–ℓ2)
@@ -130,7 +130,8 @@ def heldout_error(model, operator, kept, held, y) -> jax.Array:
     return jnp.mean(jax.lax.map(error, y))
 
 
-def adapt(model, operator, y, settings: Settings, *, images=None, log=print, progress: bool = True):
+def adapt(model, operator, y, settings: Settings, *, images=None, images_y=None, log=print, progress: bool = True,
+          callback=None):
     """Adapt ``model`` to the slices ``y`` (S, H, W) measured with ``operator`` (see the module docstring).
 
     Args:
@@ -140,6 +141,8 @@ def adapt(model, operator, y, settings: Settings, *, images=None, log=print, pro
         settings: :class:`Settings`.
         images: ``finetune`` / ``omega``: the (k, H, W) ground-truth images trained on (measured with
             ``operator``); ``self``: must be None.
+        images_y: the measurements of ``images`` (with the scan's noise, say); default ``operator(images)``.
+        callback: called ``callback(step, model)`` after every step (e.g. to score the model at step budgets).
 
     Returns:
         ``(adapted model, report)``; the report is a dict (``curve``, ``best_step``, ``seconds``,
@@ -161,12 +164,12 @@ def adapt(model, operator, y, settings: Settings, *, images=None, log=print, pro
         train_x = jnp.full(y.shape, jnp.nan, y.dtype)
     else:
         train_x = jnp.asarray(images, y.dtype)
-        train_operator, train_y = operator, jax.vmap(operator)(train_x)
+        train_operator = operator
+        train_y = jax.vmap(operator)(train_x) if images_y is None else jnp.asarray(images_y, y.dtype)
     loss_name = settings.loss if settings.loss != "auto" else ("splitting" if settings.mode == "self" else "supervised")
     loss_fn = {"supervised": bilevel.supervised_loss, "measurement": bilevel.measurement_loss,
                "splitting": bilevel.Splitting(settings.fraction, settings.draws, settings.selection,
-                                              lines=bool(is_line_mask(train_operator.mask)), norm=settings.norm)}[
-        loss_name]
+                                              norm=settings.norm)}[loss_name]
     batch = min(settings.batch, len(train_y))
     theta, static = _trainable(model, params)
     lr = DEFAULT_LR[settings.mode] if settings.lr is None else settings.lr
@@ -199,6 +202,8 @@ def adapt(model, operator, y, settings: Settings, *, images=None, log=print, pro
             stopped = k
             break
         row = {"step": k, "loss": float(value)}
+        if callback is not None:
+            callback(k, eqx.combine(theta, static))
         if k % settings.eval_every == 0 or k == settings.steps:
             row["heldout"] = float(evaluate(theta))
             if row["heldout"] < best[0]:

@@ -50,7 +50,7 @@ from metajax import pretrained
 from metajax.engine import adaptation, distributed, evaluation
 from metajax.engine.checkpoint import CheckpointError
 from metajax.engine.config import SOLVERS, register
-from metajax.engine.experiment import ConfigError, Experiment, task_labels
+from metajax.engine.experiment import ConfigError, Experiment, task_families, task_labels
 from metajax.engine.validation import check_config
 from metajax.engine.models import ModelSource, load_model_source
 from metajax.engine.runner import TrainingError, machine_info, train
@@ -290,6 +290,8 @@ def adapt_model(cfg, source: ModelSource, new_exp: Experiment, log=_log):
                           f"the new tasks); got {a.images}.")
     if source.per_task is not None:
         raise ConfigError(f"{source.label} holds one network per task (solver.per_task); adapt a joint model.")
+    labels = [f"{family} {ratio:.3g}" for family, ratio in zip(task_families(new_exp.cfg.tasks),
+                                                              new_exp.cfg.tasks.ratios)]
     adapted, reports = [], []
     # the evaluated measurements themselves (noise included); their images are not passed on
     evaluated = evaluation.measurements(new_exp.tasks, cfg.eval.split, cfg.trainer.seed)
@@ -297,7 +299,7 @@ def adapt_model(cfg, source: ModelSource, new_exp: Experiment, log=_log):
         task = jax.tree.map(lambda t: t[i], new_exp.tasks)
         y = evaluated[i][2]
         images = None if settings.mode == "self" else task.train[: a.images]
-        log(f"adapt task {i + 1}/{new_exp.num_tasks} ({task_labels(new_exp.cfg.tasks)[i]}): {settings.mode}, "
+        log(f"adapt task {i + 1}/{new_exp.num_tasks} ({labels[i]}): {settings.mode}, "
             f"{settings.steps} steps on " + (f"the {len(y)} test slices' own measurements" if images is None else
                                              f"{len(images)} ground-truth training images"))
         model, report = adaptation.adapt(adaptation.single_task(source.model, task.operator), task.operator, y,
@@ -306,7 +308,7 @@ def adapt_model(cfg, source: ModelSource, new_exp: Experiment, log=_log):
             f"{report['best_heldout']:.4f} (step {report['best_step']} of {settings.steps} kept), "
             f"{report['seconds']:.1f} s ({report['seconds_per_slice']:.1f} s per slice)")
         adapted.append(model)
-        reports.append({"task": task_labels(new_exp.cfg.tasks)[i], **report})
+        reports.append({"task": labels[i], **report})
     return adapted, reports
 
 

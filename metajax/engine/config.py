@@ -21,7 +21,8 @@ fails before anything runs). Groups and their options:
 - ``trainer``, ``eval``: one option each (``default``); set fields directly.
 - ``preset``: ``quick`` (the README main job, CPU minutes; the default),
   ``ci`` (seconds), ``long`` (the shipped pretrained model's first stage, ≤ 90 CPU minutes),
-  ``robust`` (its second stage: mask-aware, on the mask mixture),
+  ``robust`` (its second stage: mask-aware, on the mask mixture), ``meta`` (``chest_dcnet_meta``: it,
+  meta-trained to adapt; ``preset=meta solver=joint trainer.batch=3`` is its conventional twin of equal compute),
   ``paper`` (GPU hours); a preset overrides fields of the groups above, and
   command-line overrides come last.
 - ``cluster``: ``none`` (the default: Hydra's basic launcher), ``local`` (submitit_local, each sweep point as
@@ -62,6 +63,9 @@ class TasksConfig:
     bank: int = 0  # training draws a fresh mask of each task every step from a bank of this many (0: one fixed mask)
     crop: int = 0  # training crop size (random crops; 0: full images); evaluation always uses full images
     noise_std: float = 0.0  # σ of complex Gaussian k-space noise per real component
+    augment: bool = False  # training: each task's images pass through a random image-domain change per step (flip,
+    # rotation, contrast γ, intensity scale; the same for a task's support and query batches): tasks that differ
+    # by what differs between scanners and anatomies, not only by the mask
 
 
 @dataclass
@@ -88,6 +92,10 @@ class SolverConfig:
     theta_steps: int = 3  # penalty: K θ-steps per round
     cg_iters: int = 10  # implicit
     per_task: bool = False  # conventional: one network per task (vmapped) instead of one joint network
+    inner_loss: str = "supervised"  # the inner (task-level) loss of the bilevel solvers: supervised | splitting
+    # (self-supervised, SSDU: no ground truth) | measurement
+    outer_loss: str = "supervised"  # the outer loss; conventional / joint: the training loss
+    inner_optimizer: str = "sgd"  # sgd | adam (at solver.inner_lr): the inner loop's steps
     outer_split: str = "train"  # meta-solvers' outer (query) batch: "train" (disjoint images of the training
     # split, the support batch being the others) or "val" (the data's validation split, as Bian et al.)
 
@@ -148,12 +156,12 @@ class AdaptConfig:
     params: str = "all"  # which parameters move: all | cnn | omega
     images: int = 5  # finetune / omega: ground-truth training images of the new task
     steps: int = 60
-    lr: Optional[float] = None  # Adam; default by mode (self / finetune 3e-5, omega 1e-2)
+    lr: Optional[float] = None  # Adam; default by mode (self / finetune 1e-4, omega 1e-2)
     batch: int = 2  # images (self: slices) per step
     eval_every: int = 10  # held-out k-space error (stopping without ground truth) every this many steps
     eval_slices: int = 8
     holdout: float = 0.1  # share of the non-central sampled k-space held out for stopping
-    fraction: float = 0.4  # splitting loss: expected share of the loss set Λ
+    fraction: float = 0.2  # splitting loss: expected share of the loss set Λ
     draws: int = 1  # splitting loss: splits per image and step
     selection: str = "uniform"  # splitting loss: uniform | gaussian
     norm: str = "l2"  # splitting loss: l2 | l1l2 (SSDU's normalised ℓ1–ℓ2)
@@ -217,6 +225,19 @@ PRESETS = {
         "model": {"phases": 5, "features": 16, "layers": 7, "mask_aware": True},
         "trainer": {"steps": 600, "batch": 1, "lr": 3e-4, "lr_schedule": "cosine", "map_batch": 1,
                     "checkpoint_every": 25, "val_every": 150, "task_balance": "log"},
+    },
+    "meta": {  # the shipped chest_dcnet_meta: chest_dcnet meta-trained (first-order MAML) to adapt well — two Adam
+        # steps of the self-supervised splitting loss on a task's support image, then the supervised loss on its
+        # query image — over tasks that vary the mask family, the acceleration and the image domain (augment)
+        "defaults": [{"override /solver": "fomaml"}, {"override /tasks": "mixture"}],
+        "tasks": {"families": ["pseudo_radial", "fastmri_random", "fastmri_equispaced", "poisson_disc",
+                               "variable_density", "thinned_pseudo_radial"],
+                  "ratios": [0.2, 0.25, 0.125, 0.25, 0.2, 0.3], "bank": 8, "augment": True},
+        "model": {"phases": 5, "features": 16, "layers": 7, "mask_aware": True},
+        "solver": {"inner_loss": "splitting", "inner_optimizer": "adam", "inner_lr": 3e-4, "inner_steps": 2,
+                   "outer_split": "train"},
+        "trainer": {"init": "pretrained:chest_dcnet", "steps": 40, "batch": 1, "lr": 1e-4, "lr_schedule": "cosine",
+                    "map_batch": 1, "checkpoint_every": 10, "val_every": 20},
     },
     "paper": {  # selects the paper LOA and sets the paper's training constants (GPU hours)
         "defaults": [{"override /model": "loa_paper"}],

@@ -208,14 +208,30 @@ def first_phases(net, phases: int):
     return net
 
 
-def sample_batches(tasks, key, split: str, batch: int, crop: int, part: int = 0) -> TaskBatch:
+def augment(key, x):
+    """One random image-domain change applied to all of ``x`` (B, H, W): a flip and a quarter rotation (the
+    anatomy's orientation), a contrast change ``|x|^γ`` with ``log γ ~ U(−0.7, 0.7)`` (another weighting), and an
+    intensity scale in [0.6, 1] (images were scaled to max 1; scanners' scales differ). Square images only."""
+    k_flip, k_rot, k_gamma, k_scale = jax.random.split(key, 4)
+    x = jnp.where(jax.random.bernoulli(k_flip), x[..., ::-1], x)
+    turns = jax.random.randint(k_rot, (), 0, 4)
+    x = jax.lax.switch(turns, [lambda v, k=k: jnp.rot90(v, k, axes=(-2, -1)) for k in range(4)], x)
+    gamma = jnp.exp(jax.random.uniform(k_gamma, (), minval=-0.7, maxval=0.7))
+    return (jnp.abs(x) ** gamma * jax.random.uniform(k_scale, (), minval=0.6, maxval=1.0)).astype(x.dtype)
+
+
+def sample_batches(tasks, key, split: str, batch: int, crop: int, part: int = 0, augment_key=None) -> TaskBatch:
     """``batch`` images per task from ``split``, randomly cropped to ``crop`` (0: none), and their measurements.
 
     ``part`` = 1 takes the *next* ``batch`` images of the same random draw, so parts 0 and 1 of one key are
-    disjoint (the support and query batches of ``outer_split=train``).
+    disjoint (the support and query batches of ``outer_split=train``). With ``augment_key``, each task's images
+    pass through one random :func:`augment` drawn from it (the same for both parts of a step). The batch's
+    ``key`` (the splitting loss's splits) is drawn from ``key`` and ``part``.
     """
+    n = tasks.noise_std.shape[0]
+    augment_keys = None if augment_key is None else jax.random.split(augment_key, n)
 
-    def one(task, k):
+    def one(task, k, k_augment):
         k_index, k_crop, k_noise = jax.random.split(k, 3)
         images = task.images(split)
         order = jax.random.permutation(k_index, images.shape[0])
@@ -223,11 +239,13 @@ def sample_batches(tasks, key, split: str, batch: int, crop: int, part: int = 0)
         if crop:
             offsets = jax.random.randint(k_crop, (batch, 2), 0, jnp.array(x.shape[-2:]) - crop + 1)
             x = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, o, (crop, crop)))(x, offsets)
+        if k_augment is not None:
+            x = augment(k_augment, x)
         return x, task.measure(k_noise, x)
 
-    n = tasks.noise_std.shape[0]
-    x, y = jax.vmap(one)(tasks, jax.random.split(key, n))
-    return TaskBatch(tasks.operator, x, y, jnp.arange(n))
+    x, y = jax.vmap(one)(tasks, jax.random.split(key, n), augment_keys)
+    split_keys = jax.random.split(jax.random.fold_in(key, 1000 + part), n)
+    return TaskBatch(tasks.operator, x, y, jnp.arange(n), split_keys)
 
 
 def optimizer(lr: float, omega_lr: float, schedule: str = "constant", steps: int = 1) -> optax.GradientTransformation:
@@ -350,7 +368,7 @@ class Experiment:
 
     def _method(self):
         s = self.cfg.solver
-        sgd = optax.sgd(s.inner_lr)
+        sgd = (optax.adam if s.get("inner_optimizer", "sgd") == "adam" else optax.sgd)(s.inner_lr)
         if self.name == "penalty":
             return bilevel.Penalty(lam=s.lam, delta=s.delta, delta_tol=s.delta_tol, delta_decay=s.delta_decay,
                                    lam_growth=s.lam_growth, theta_steps=s.theta_steps)
@@ -379,8 +397,13 @@ class Experiment:
         def poison(loss, step):
             return loss * jnp.where(step == nan_at, jnp.nan, 1.0)
 
-        def loss_of(model, batch):
-            return bilevel.supervised_loss(model, batch, batch_size=self.map_batch)
+        losses = {"supervised": bilevel.supervised_loss, "measurement": bilevel.measurement_loss,
+                  "splitting": bilevel.Splitting()}
+        inner_loss, outer_loss = losses[cfg.solver.get("inner_loss", "supervised")], \
+            losses[cfg.solver.get("outer_loss", "supervised")]
+
+        def loss_of(model, batch, loss=outer_loss):
+            return loss(model, batch, batch_size=self.map_batch)
 
         bank = self.bank
 
@@ -390,15 +413,14 @@ class Experiment:
                 train_tasks = eqx.tree_at(lambda t: t.operator.mask, train_tasks,
                                           bank.sample(jax.random.fold_in(key, 7)))
             b = cfg.trainer.batch
-            if self.method is None:
-                train = sample_batches(train_tasks, k_train, "train", b, crop)
-            else:
-                train = sample_batches(train_tasks, k_train, "train", b, crop)
-                val = sample_batches(train_tasks, k_train, "train", b, crop, part=1) if self.outer_part else \
-                    sample_batches(train_tasks, k_val, "val", b, crop)
+            k_aug = jax.random.fold_in(key, 11) if cfg.tasks.get("augment", False) else None
+            train = sample_batches(train_tasks, k_train, "train", b, crop, augment_key=k_aug)
+            if self.method is not None:
+                val = sample_batches(train_tasks, k_train, "train", b, crop, part=1, augment_key=k_aug) \
+                    if self.outer_part else sample_batches(train_tasks, k_val, "val", b, crop, augment_key=k_aug)
 
-            def per_task_loss(batch):
-                return lambda p, a: poison(loss_of(self.network(p, phases), batch(a)), step_index)
+            def per_task_loss(batch, loss=outer_loss):
+                return lambda p, a: poison(loss_of(self.network(p, phases), batch(a), loss), step_index)
 
             if self.method is None:  # conventional training
                 def loss(p):
@@ -415,12 +437,12 @@ class Experiment:
                 return optax.apply_updates(params, updates), bilevel.MetaState(opt_state, state.step + 1), \
                     {"loss": value}
             if self.name == "penalty":
-                inner = lambda p, a: jnp.mean(per_task_loss(lambda b: b[0])(p, a))  # noqa: E731
+                inner = lambda p, a: jnp.mean(per_task_loss(lambda b: b[0], inner_loss)(p, a))  # noqa: E731
                 outer = lambda p, a: jnp.mean(per_task_loss(lambda b: b[1])(p, a))  # noqa: E731
             elif self.name == "task_weights":  # args = (train tasks, val tasks); the losses see one task each
-                inner = outer = per_task_loss(lambda b: b)
+                inner, outer = per_task_loss(lambda b: b, inner_loss), per_task_loss(lambda b: b)
             else:
-                inner, outer = per_task_loss(lambda b: b[0]), per_task_loss(lambda b: b[1])
+                inner, outer = per_task_loss(lambda b: b[0], inner_loss), per_task_loss(lambda b: b[1])
             params, state, info = bilevel.meta_step(self.method, inner, outer, params, state, (train, val),
                                                     optimizer=self.optimizer)
             return params, state, {"loss": jnp.mean(info["outer_loss"]), "inner_loss": jnp.mean(info["inner_loss"])}

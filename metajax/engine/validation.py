@@ -20,20 +20,27 @@ CHOICES = {
     "solver.name": SOLVERS,
     "solver.adjoint": ("autodiff", "mlm"),
     "solver.outer_split": ("train", "val"),
+    "solver.inner_loss": ("supervised", "splitting", "measurement"),
+    "solver.outer_loss": ("supervised", "splitting", "measurement"),
+    "solver.inner_optimizer": ("sgd", "adam"),
     "trainer.lr_schedule": ("constant", "cosine"),
     "trainer.task_balance": ("mean", "log"),
     "eval.split": ("train", "val", "test"),
-    "adapt.mode": ("omega", "finetune"),
-    "adapt.loss": ("supervised", "measurement"),
+    "adapt.mode": ("self", "finetune", "omega"),
+    "adapt.loss": ("auto", "splitting", "supervised", "measurement"),
+    "adapt.params": ("all", "cnn", "omega"),
+    "adapt.selection": ("uniform", "gaussian"),
+    "adapt.norm": ("l2", "l1l2"),
 }
 POSITIVE_INTS = ("data.num_slices", "model.phases", "model.features", "model.layers", "solver.inner_steps",
                  "solver.theta_steps", "solver.cg_iters", "trainer.steps", "trainer.batch", "trainer.checkpoint_every",
                  "trainer.keep_checkpoints", "trainer.log_every", "trainer.num_processes", "trainer.heartbeat_timeout",
-                 "trainer.init_timeout", "eval.tv_iterations", "adapt.images", "adapt.steps")
+                 "trainer.init_timeout", "eval.tv_iterations", "adapt.images", "adapt.steps", "adapt.batch",
+                 "adapt.eval_every", "adapt.eval_slices", "adapt.draws")
 NON_NEGATIVE_INTS = ("data.size", "tasks.crop", "tasks.bank", "trainer.map_batch", "trainer.val_every", "trainer.seed",
                      "trainer.devices", "trainer.process_id", "eval.tv_tune_images", "eval.figure_image")
 POSITIVE_REALS = ("model.mu", "solver.inner_lr", "solver.lam", "solver.delta", "solver.delta_tol", "trainer.lr",
-                  "trainer.omega_lr", "adapt.lr")
+                  "trainer.omega_lr", "adapt.lr", "adapt.holdout", "adapt.fraction")
 NON_NEGATIVE_REALS = ("tasks.noise_std",)
 
 
@@ -69,7 +76,7 @@ def check_config(cfg) -> None:
                                  (NON_NEGATIVE_REALS, lambda v: 0 <= v < float("inf"), "a non-negative finite number")):
         for key in keys:
             value = _get(cfg, key)
-            if value is not _MISSING and not test(value):
+            if value is not _MISSING and value is not None and not test(value):  # None: the default (adapt.lr)
                 _fail(key, expected, value)
     solver = cfg.solver
     if not 0 < solver.delta_decay < 1:

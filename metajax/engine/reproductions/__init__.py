@@ -11,6 +11,8 @@
                        the Ker(A) component under fine-tuning (Theorem 3.1)
 ``multitask``          Meta-Prior: PDNet meta-trained on four restoration tasks,      :mod:`.multitask`
                        fine-tuned on ×2 super-resolution and ×4 MRI
+``adaptation``         shipped chest models adapted to shifts (anatomy, mask family,   :mod:`.adaptation`
+                       noise): self-supervised, few-shot, meta vs conventional start
 =====================  ==========================================================  ================================
 
 Each name is the CPU preset (2-core CPU, well within three hours); ``NAME_paper`` is the paper-sized preset
@@ -29,7 +31,7 @@ from typing import Any, List
 
 from omegaconf import MISSING, OmegaConf
 
-EXPERIMENTS = ("bian", "correlations", "linear_gaussian", "multitask")
+EXPERIMENTS = ("bian", "correlations", "linear_gaussian", "multitask", "adaptation")
 
 
 def module(name: str):
