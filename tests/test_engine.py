@@ -66,6 +66,21 @@ def test_train_evaluate_baselines_adapt_end_to_end(tmp_path):
     assert methods == ["before adaptation"] * 2 + ["adapted (finetune, measurement)"] * 2
 
 
+def test_train_evaluates_an_unseen_mask_family_with_self_adaptation(tmp_path):
+    """eval.shift (the README job's): meta-learned and conventional side by side on an unseen family, zero-shot
+    and self-adapted."""
+    run("train", "preset=ci", "eval.baselines=true", "eval.shift=cartesian", "eval.shift_ratio=0.3",
+        "eval.shift_steps=2", "eval.figure=false", f"hydra.run.dir={tmp_path}")
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    methods = [r["method"] for r in result["shift_rows"]]
+    assert methods == ["loa (penalty), zero-shot", "loa (penalty), self-adapted (2 steps)",
+                       "conventional, zero-shot", "conventional, self-adapted (2 steps)"]
+    assert all(r["label"] == "cartesian 0.3" and np.isfinite(r["psnr"]) for r in result["shift_rows"])
+    assert "Unseen mask family (cartesian 0.3; trained on radial)" in (tmp_path / "results.md").read_text()
+    bad = run("train", "preset=ci", "eval.shift=spiral", f"hydra.run.dir={tmp_path / 'bad'}", check=False)
+    assert bad.returncode != 0 and "eval.shift" in bad.stderr
+
+
 def test_conventional_per_task_trains_one_network_per_task(tmp_path):
     run("train", "preset=ci", "solver=conventional", "solver.per_task=true", "eval.figure=false",
         f"hydra.run.dir={tmp_path}")

@@ -150,6 +150,21 @@ def refresh_self_check(name: str) -> None:
     print_self_check(card)
 
 
+def add_adaptation(name: str, results: Path) -> None:
+    """The card's ``adaptation`` entry: what self-supervised and few-shot adaptation from this model (and from
+    the other start of the experiment) bought on each target shift, from ``results.json`` of
+    ``metajax-reproduce experiment=adaptation``."""
+    record = json.loads(results.read_text())
+    path = ROOT / "metajax" / "pretrained" / name / "card.json"
+    card = json.loads(path.read_text())
+    config = record["config"]
+    card["adaptation"] = {"command": "metajax-reproduce experiment=adaptation", "config": config,
+                          "machine": record["machine"], "summary": record["summary"],
+                          "starts": {"meta": config["meta_model"], "conventional": config["conventional_model"]}}
+    path.write_text(json.dumps(card, indent=2))
+    print(f"wrote the adaptation entry of {path}")
+
+
 def print_self_check(card: dict) -> None:
     for key, stats in card["self_check"].items():
         print(f"self-check {key}: {stats['missed']} of {stats['below_zero_filled']} below-zero-filled slices missed, "
@@ -187,9 +202,15 @@ def main() -> None:
                         help="use the finished run directories as they are (rebuild the weights and card only)")
     parser.add_argument("--refresh-self-check", action="store_true",
                         help="recompute only the card's self-check statistics (after a change of its rule)")
+    parser.add_argument("--adaptation", metavar="RESULTS_JSON",
+                        help="write only the card's `adaptation` entry: the summary of a finished "
+                             "`metajax-reproduce experiment=adaptation` run (its results.json)")
     args = parser.parse_args()
     if args.refresh_self_check:
         refresh_self_check(args.name)
+        return
+    if args.adaptation:
+        add_adaptation(args.name, Path(args.adaptation))
         return
     commands = []
     for run, overrides in stages(args.name):

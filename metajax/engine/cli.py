@@ -46,7 +46,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from metajax import pretrained
+from metajax import bilevel, pretrained
 from metajax.engine import adaptation, distributed, evaluation
 from metajax.engine.checkpoint import CheckpointError
 from metajax.engine.config import SOLVERS, register
@@ -205,8 +205,49 @@ def train_main(cfg) -> None:
     methods.update(shipped)
     rows, images = evaluation.evaluate(methods, exp.tasks, cfg.tasks.ratios, cfg.eval.split, cfg.trainer.seed,
                                        log=_log, labels=task_labels(cfg.tasks))
+    shift_table = ""
+    if cfg.eval.shift and cfg.eval.baselines and distributed.is_writer():
+        extra["shift_rows"], shift_table = _shift_rows(cfg, exp, model, out_dir)
     _report(out_dir, rows, images, cfg.tasks.ratios, cfg,
             f"{cfg.eval.split} split, {len(exp.splits[cfg.eval.split])} images per task; mean ± std", extra)
+    if shift_table:
+        with open(out_dir / "results.md", "a") as f:
+            f.write("\n" + shift_table)
+        print(shift_table)
+
+
+def _shift_rows(cfg, exp: Experiment, model, out_dir: Path):
+    """The run's meta-learned model and its conventional baseline on an unseen mask family (``eval.shift`` at
+    ``eval.shift_ratio``): zero-shot, and adapted for ``eval.shift_steps`` self-supervised steps on the test
+    slices' own measurements (no ground truth). ``(rows, markdown)``."""
+    from metajax.engine.models import line_tasks, sampling_ratios
+
+    shift_cfg = OmegaConf.merge(cfg, {"tasks": {"mask": cfg.eval.shift, "ratios": [cfg.eval.shift_ratio],
+                                                "families": [], "bank": 0, "crop": 0}})
+    shift_exp = Experiment(shift_cfg, _base())
+    if isinstance(model, bilevel.TaskWeighted):
+        model = bilevel.RatioWeighted.from_task_weighted(model, sampling_ratios(exp.tasks), line_tasks(exp.tasks))
+    starts = {f"{cfg.model.name} ({cfg.solver.name})": model,
+              "conventional": load_model_source(str(out_dir / "conventional")).model}
+    task = jax.tree.map(lambda t: t[0], shift_exp.tasks)
+    y = evaluation.measurements(shift_exp.tasks, cfg.eval.split, cfg.trainer.seed)[0][2]
+    settings = adaptation.Settings(mode="self", steps=cfg.eval.shift_steps, seed=cfg.trainer.seed, eval_every=5)
+    methods, seconds = {}, {}
+    for name, start in starts.items():
+        one = adaptation.single_task(start, task.operator)
+        _log(f"unseen {cfg.eval.shift} {cfg.eval.shift_ratio:g}: self-supervised adaptation of {name} "
+             f"({settings.steps} steps on the test slices' own measurements) ...")
+        adapted, report = adaptation.adapt(one, task.operator, y, settings, progress=False, log=_log)
+        seconds[name] = report["seconds"]
+        methods[f"{name}, zero-shot"] = evaluation.network_method(lambda i, m=one: m, lambda i: 0)
+        methods[f"{name}, self-adapted ({settings.steps} steps)"] = evaluation.network_method(
+            lambda i, m=adapted: m, lambda i: 0)
+    rows, _ = evaluation.evaluate(methods, shift_exp.tasks, [cfg.eval.shift_ratio], cfg.eval.split,
+                                  cfg.trainer.seed, log=_log, labels=[f"{cfg.eval.shift} {cfg.eval.shift_ratio:g}"])
+    title = (f"Unseen mask family ({cfg.eval.shift} {cfg.eval.shift_ratio:g}; trained on "
+             f"{', '.join(sorted(set(task_families(cfg.tasks))))}); self-adaptation without ground truth took "
+             + ", ".join(f"{s:.0f} s ({n})" for n, s in seconds.items()))
+    return rows, evaluation.markdown(rows, title)
 
 
 def _user_overrides() -> list[str]:

@@ -143,6 +143,10 @@ class EvalConfig:
     pretrained: Optional[str] = None  # also evaluate this shipped model (metajax.pretrained), e.g. chest_dcnet
     figure: bool = True
     figure_image: int = 0
+    shift: Optional[str] = None  # train: also evaluate the meta-learned and the conventional model on this unseen
+    # mask family (metajax.masks.FAMILIES) at shift_ratio, zero-shot and self-adapted for shift_steps steps
+    shift_ratio: float = 0.2
+    shift_steps: int = 10
 
 
 @dataclass
@@ -211,7 +215,7 @@ PRESETS = {
         "trainer": {"steps": 60, "batch": 1, "lr": 1e-3, "lr_schedule": "cosine", "map_batch": 1,
                     "checkpoint_every": 20, "val_every": 30},
         "eval": {"baselines": True, "tv_weights": [3e-4, 1e-3, 3e-3], "tv_tune_images": 5,
-                 "pretrained": "chest_dcnet"},
+                 "pretrained": "chest_dcnet", "shift": "radial", "shift_ratio": 0.2, "shift_steps": 10},
     },
     "long": {  # the shipped pretrained model (tools/make_pretrained.py): ≤ 90 CPU minutes on 2 cores
         "defaults": [{"override /solver": "joint"}],

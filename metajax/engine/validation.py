@@ -36,7 +36,7 @@ POSITIVE_INTS = ("data.num_slices", "model.phases", "model.features", "model.lay
                  "solver.theta_steps", "solver.cg_iters", "trainer.steps", "trainer.batch", "trainer.checkpoint_every",
                  "trainer.keep_checkpoints", "trainer.log_every", "trainer.num_processes", "trainer.heartbeat_timeout",
                  "trainer.init_timeout", "eval.tv_iterations", "adapt.images", "adapt.steps", "adapt.batch",
-                 "adapt.eval_every", "adapt.eval_slices", "adapt.draws")
+                 "adapt.eval_every", "adapt.eval_slices", "adapt.draws", "eval.shift_steps")
 NON_NEGATIVE_INTS = ("data.size", "tasks.crop", "tasks.bank", "trainer.map_batch", "trainer.val_every", "trainer.seed",
                      "trainer.devices", "trainer.process_id", "eval.tv_tune_images", "eval.figure_image")
 POSITIVE_REALS = ("model.mu", "solver.inner_lr", "solver.lam", "solver.delta", "solver.delta_tol", "trainer.lr",
@@ -95,6 +95,11 @@ def check_config(cfg) -> None:
             _fail("tasks.families", "distinct (family, ratio) pairs (one task each)", list(zip(families, ratios)))
     elif len(set(ratios)) != len(ratios):
         _fail("tasks.ratios", "distinct ratios (one task each)", ratios)
+    shift = cfg.eval.get("shift", None)
+    if shift is not None and shift not in FAMILIES:
+        _fail("eval.shift", "null or a mask family (" + ", ".join(FAMILIES) + ")", shift)
+    if shift is not None and not 0 < cfg.eval.shift_ratio <= 1:
+        _fail("eval.shift_ratio", "a sampling ratio in (0, 1]", cfg.eval.shift_ratio)
     weights = list(cfg.eval.tv_weights)
     if not weights or not all(w > 0 for w in weights):
         _fail("eval.tv_weights", "a non-empty list of positive TV weights", weights)
