@@ -288,6 +288,17 @@ def test_reconstruct_a_users_kspace_and_reject_mismatches_before_work(tmp_path):
     truth = 3.0 * images
     gain = np.asarray(metrics.psnr(recon, truth)) - np.asarray(metrics.psnr(zero_filled, truth))
     assert np.all(gain > 2.0), gain
+    adapted = tmp_path / "adapted"
+    result = run_script("metajax.engine.reconstruct", f"input={scan}", f"model=pretrained:{name}", "adapt=self",
+                        "adapt_steps=2", "png=false", "check=false", f"hydra.run.dir={adapted}")
+    report = json.loads((adapted / "adaptation.json").read_text())
+    assert report["slices"] == 2 and report["loss"] == "splitting" and len(report["curve"]) == 3
+    assert "adapting to the file's own measurements" in result.stdout
+    with h5py.File(adapted / "reconstruction.h5", "r") as f:
+        assert f.attrs["model"].endswith("adapted to this file (self)")
+        again = np.asarray(metrics.psnr(f["reconstruction"][()], truth))
+    if report["best_step"] == 0:  # nothing better on the held-out k-space: the model as it was
+        np.testing.assert_allclose(again, np.asarray(metrics.psnr(recon, truth)), atol=1e-3)
     with h5py.File(tmp_path / "multicoil.h5", "w") as f:
         f["kspace"] = np.zeros((1, 4, 8, 8), np.complex64)
     with h5py.File(tmp_path / "masks.h5", "w") as f:
@@ -295,7 +306,8 @@ def test_reconstruct_a_users_kspace_and_reject_mismatches_before_work(tmp_path):
     for args, message in (([f"input={tmp_path / 'multicoil.h5'}"], "multi-coil"),
                           ([f"input={scan}", f"mask_file={tmp_path / 'masks.h5'}"], "does not match"),
                           ([f"input={tmp_path / 'none.h5'}"], "does not exist"),
-                          ([f"input={scan}", "model=pretrained:nope"], "no pretrained model")):
+                          ([f"input={scan}", "model=pretrained:nope"], "no pretrained model"),
+                          ([f"input={scan}", "adapt=yes"], "`adapt` must be none or self")):
         bad = run_script("metajax.engine.reconstruct", *args, f"hydra.run.dir={tmp_path / 'bad'}", check=False)
         assert bad.returncode != 0 and message in bad.stderr, bad.stderr[-2000:]
         assert not (tmp_path / "bad" / "reconstruction.h5").exists()
