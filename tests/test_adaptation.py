@@ -35,13 +35,16 @@ def test_self_adaptation_reads_no_ground_truth_and_keeps_the_best_step(setting):
     assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(eqx.filter(adapted, eqx.is_inexact_array)))
     scored = [r for r in report["curve"] if "heldout" in r]
     assert [r["step"] for r in scored] == [0, 2, 4, 6] and report["loss"] == "splitting"
-    assert report["best_heldout"] == min(r["heldout"] for r in scored)
-    assert report["best_step"] == min(scored, key=lambda r: r["heldout"])["step"]
+    # the rule: the best adapted step, unless its error exceeds step 0's by more than the tolerance
+    best_adapted = min(scored[1:], key=lambda r: r["heldout"])
+    expected = best_adapted if best_adapted["heldout"] <= 1.1 * scored[0]["heldout"] else scored[0]
+    assert (report["best_step"], report["best_heldout"]) == (expected["step"], expected["heldout"])
     assert report["seconds_per_slice"] == pytest.approx(report["seconds"] / len(y))
-    # the returned parameters are those of the best step: their held-out error is the recorded one
+    # the returned parameters are those of the kept step: their held-out error is the recorded one
     kept, held = adaptation.holdout(jax.random.fold_in(jax.random.key(0), 0), op.mask, settings.holdout)
     pick = np.unique(np.linspace(0, len(y) - 1, min(settings.eval_slices, len(y))).round().astype(int))
-    error = float(adaptation.heldout_error(adapted, op, kept, held, y[pick]))
+    weights = adaptation.heldout_weights(op.mask, held)
+    error = float(adaptation.heldout_error(adapted, op, kept, held, y[pick], weights))
     assert error == pytest.approx(report["best_heldout"], rel=1e-5)
     with pytest.raises(ConfigError, match="no ground truth"):
         adaptation.adapt(model, op, y, adaptation.Settings(mode="self", loss="supervised"), progress=False)
@@ -78,9 +81,24 @@ def test_params_cnn_freezes_the_data_consistency_weights(setting):
     assert len(moving) == len(jax.tree.leaves(eqx.filter(model.net.cnn, eqx.is_inexact_array)))
 
 
+def test_heldout_weights_match_the_unmeasured_kspace_per_band():
+    """Σ over a band of the weights = the band's unmeasured count (for bands with held-out samples)."""
+    mask = np.asarray(masks.variable_density(jax.random.key(3), (64, 64), 0.3))
+    _, held = adaptation.holdout(jax.random.key(1), mask, 0.2)
+    weights = np.asarray(adaptation.heldout_weights(mask, held))
+    v, u = np.meshgrid((np.arange(64) - 32) / 64, (np.arange(64) - 32) / 64, indexing="ij")
+    band = np.minimum((np.sqrt(u**2 + v**2) / np.sqrt(0.5) * adaptation.RADIAL_BINS).astype(int), 15)
+    for b in range(adaptation.RADIAL_BINS):
+        if np.asarray(held)[band == b].any():
+            assert weights[band == b].sum() == pytest.approx(np.sum(~mask & (band == b)), rel=1e-5)
+    assert not weights[~np.asarray(held)].any()
+
+
 @pytest.mark.parametrize("field, value, match", [("mode", "x", "adapt.mode"), ("steps", 0, "adapt.steps"),
                                                  ("lr", -1.0, "adapt.lr"), ("holdout", 1.0, "adapt.holdout"),
-                                                 ("params", "x", "adapt.params"), ("norm", "l3", "adapt.norm")])
+                                                 ("params", "x", "adapt.params"), ("norm", "l3", "adapt.norm"),
+                                                 ("tolerance", -0.1, "adapt.tolerance"),
+                                                 ("weighting", "x", "adapt.weighting")])
 def test_bad_settings_are_named(field, value, match):
     with pytest.raises(ConfigError, match=match):
         adaptation.Settings(**{field: value}).check()

@@ -2,8 +2,8 @@
 
     python tools/make_pretrained.py                  # chest_dcnet: preset=long, then preset=robust (≈ 120 CPU min)
     python tools/make_pretrained.py --no-train       # weights and card from the finished runs in outputs/pretrained
-    python tools/make_pretrained.py --name chest_dcnet_meta    # preset=meta from chest_dcnet (≈ 25 CPU min)
-    python tools/make_pretrained.py --name chest_dcnet_joint   # its conventional twin (STAGES)
+    python tools/make_pretrained.py --name chest_dcnet_meta --baselines-from chest_dcnet   # preset=meta from chest_dcnet
+    python tools/make_pretrained.py --name chest_dcnet_joint --baselines-from chest_dcnet  # its conventional twin
 
 Steps (the one documented way the files in ``metajax/pretrained/<name>/`` come to be; nothing is edited by hand):
 
@@ -74,17 +74,25 @@ def grid_config(cfg, data: dict | None = None):
     return OmegaConf.merge(cfg, {"tasks": grid, "trainer": {"init": None}, **({"data": data} if data else {})})
 
 
-def table(exp, method, tv_iterations: int, tune_images: int):
-    """Rows of the model, zero-filled and TV (λ tuned per task on ``tune_images`` validation images)."""
+def table(exp, method, tv_iterations: int, tune_images: int, baselines=None):
+    """Rows of the model, zero-filled and TV (λ tuned per task on ``tune_images`` validation images).
+
+    ``baselines`` = ``(rows, tv weights)`` of the same grid (same data, split, seed and masks) from another
+    model's card: its zero-filled and TV rows are reused, as they do not depend on the model."""
     from metajax.engine import evaluation
     from metajax.engine.experiment import task_labels
 
+    keep = ("method", "task", "label", "ratio", "images", "psnr", "psnr_std", "ssim", "ssim_std", "nmse", "psnr_images")
+    if baselines is not None:
+        rows, _ = evaluation.evaluate(method(), exp.tasks, exp.cfg.tasks.ratios, "test", exp.cfg.trainer.seed,
+                                      log=lambda m: print(m, flush=True), labels=task_labels(exp.cfg.tasks))
+        reused = [r for r in baselines[0] if r["method"] in ("zero-filled", "TV")]
+        return [{k: r[k] for k in keep} for r in rows] + reused, baselines[1]
     weights = evaluation.tune_tv(exp.tasks, exp.cfg.trainer.seed, TV_WEIGHTS, tv_iterations, tune_images)
     methods = {**method(), "zero-filled": evaluation.zero_filled_method,
                "TV": evaluation.tv_method(weights, tv_iterations)}
     rows, _ = evaluation.evaluate(methods, exp.tasks, exp.cfg.tasks.ratios, "test", exp.cfg.trainer.seed,
                                   log=lambda m: print(m, flush=True), labels=task_labels(exp.cfg.tasks))
-    keep = ("method", "task", "label", "ratio", "images", "psnr", "psnr_std", "ssim", "ssim_std", "nmse", "psnr_images")
     return [{k: r[k] for k in keep} for r in rows], weights
 
 
@@ -202,6 +210,9 @@ def main() -> None:
                         help="use the finished run directories as they are (rebuild the weights and card only)")
     parser.add_argument("--refresh-self-check", action="store_true",
                         help="recompute only the card's self-check statistics (after a change of its rule)")
+    parser.add_argument("--baselines-from", metavar="NAME",
+                        help="reuse the zero-filled and TV rows of the shipped model NAME's card (the same grid, "
+                             "data and seed; they do not depend on the model) instead of recomputing them")
     parser.add_argument("--adaptation", metavar="RESULTS_JSON",
                         help="write only the card's `adaptation` entry: the summary of a finished "
                              "`metajax-reproduce experiment=adaptation` run (its results.json)")
@@ -262,7 +273,9 @@ def main() -> None:
         "data": {"source": cfg.data.source, "train": list(cfg.data.train), "val": list(cfg.data.val),
                  "test": list(cfg.data.test), "masks": cfg.tasks.mask, "families": families,
                  "ratios": list(cfg.tasks.ratios), "noise_std": cfg.tasks.noise_std},
-        "command": f"python tools/make_pretrained.py --name {args.name}  (runs: " + "; then ".join(commands) + ")",
+        "command": f"python tools/make_pretrained.py --name {args.name}"
+                   + (f" --baselines-from {args.baselines_from}" if args.baselines_from else "")
+                   + "  (runs: " + "; then ".join(commands) + ")",
         "commit": commit,
         "config": OmegaConf.to_container(cfg, resolve=True),
         "trained_ratios": sampling_ratios(exp.tasks),
@@ -280,11 +293,18 @@ def main() -> None:
         return {args.name: network_method(lambda i: shipped, lambda i: 0)}
 
     chest, template = grid_experiments(cfg)
+    reuse = {"metrics": None, "metrics_unseen": None}
+    if args.baselines_from:
+        other = json.loads((ROOT / "metajax" / "pretrained" / args.baselines_from / "card.json").read_text())
+        reuse = {"metrics": (other["metrics"], other["tv_weights"]),
+                 "metrics_unseen": (other["metrics_unseen"], other["tv_weights_unseen"])}
+        card["baselines_from"] = args.baselines_from
     print("evaluating the robustness grid on the chest test slices ...", flush=True)
-    card["metrics"], card["tv_weights"] = table(chest, method, args.tv_iterations, args.tv_tune_images)
+    card["metrics"], card["tv_weights"] = table(chest, method, args.tv_iterations, args.tv_tune_images,
+                                                reuse["metrics"])
     print("evaluating the robustness grid on the MNI152 template (never seen) ...", flush=True)
     card["metrics_unseen"], card["tv_weights_unseen"] = table(template, method, args.tv_iterations,
-                                                              args.tv_tune_images)
+                                                              args.tv_tune_images, reuse["metrics_unseen"])
     card["metrics_unseen_data"] = ("MNI152 2009a template (nilearn), 32 axial slices at 256², shuffled; test "
                                    "slices 8–31, TV tuned on slices 0–7; the template averages 152 brains, so it "
                                    "is smoother than any scan and flatters TV")

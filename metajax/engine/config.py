@@ -165,6 +165,8 @@ class AdaptConfig:
     eval_every: int = 10  # held-out k-space error (stopping without ground truth) every this many steps
     eval_slices: int = 8
     holdout: float = 0.1  # share of the non-central sampled k-space held out for stopping
+    tolerance: float = 0.1  # keep the best adapted step unless its held-out error exceeds the unadapted one's by more
+    weighting: str = "unmeasured"  # held-out error weighting: unmeasured | plain
     fraction: float = 0.2  # splitting loss: expected share of the loss set Λ
     draws: int = 1  # splitting loss: splits per image and step
     selection: str = "uniform"  # splitting loss: uniform | gaussian
@@ -241,7 +243,8 @@ PRESETS = {
         "solver": {"inner_loss": "splitting", "inner_optimizer": "adam", "inner_lr": 3e-4, "inner_steps": 2,
                    "outer_split": "train"},
         "trainer": {"init": "pretrained:chest_dcnet", "steps": 40, "batch": 1, "lr": 1e-4, "lr_schedule": "cosine",
-                    "map_batch": 1, "checkpoint_every": 10, "val_every": 20},
+                    "map_batch": 1, "checkpoint_every": 10, "val_every": 20, "keep_best": False},
+        # keep_best off: validation scores the model before adaptation, which is not what meta-training optimises
     },
     "paper": {  # selects the paper LOA and sets the paper's training constants (GPU hours)
         "defaults": [{"override /model": "loa_paper"}],

@@ -31,6 +31,7 @@ CHOICES = {
     "adapt.params": ("all", "cnn", "omega"),
     "adapt.selection": ("uniform", "gaussian"),
     "adapt.norm": ("l2", "l1l2"),
+    "adapt.weighting": ("unmeasured", "plain"),
 }
 POSITIVE_INTS = ("data.num_slices", "model.phases", "model.features", "model.layers", "solver.inner_steps",
                  "solver.theta_steps", "solver.cg_iters", "trainer.steps", "trainer.batch", "trainer.checkpoint_every",
@@ -41,7 +42,7 @@ NON_NEGATIVE_INTS = ("data.size", "tasks.crop", "tasks.bank", "trainer.map_batch
                      "trainer.devices", "trainer.process_id", "eval.tv_tune_images", "eval.figure_image")
 POSITIVE_REALS = ("model.mu", "solver.inner_lr", "solver.lam", "solver.delta", "solver.delta_tol", "trainer.lr",
                   "trainer.omega_lr", "adapt.lr", "adapt.holdout", "adapt.fraction")
-NON_NEGATIVE_REALS = ("tasks.noise_std",)
+NON_NEGATIVE_REALS = ("tasks.noise_std", "adapt.tolerance")
 
 
 class ConfigError(ValueError):

@@ -69,7 +69,7 @@ class Config:
     seeds: int = 3
     batch: int = 2  # images (self: slices) per adaptation step
     lr: float = 1e-4  # adaptation (self and few-shot)
-    scratch_steps: int = 100
+    scratch_steps: int = 40
     scratch_lr: float = 1e-3
     ceiling_steps: int = 100
     seed: int = 0
@@ -121,8 +121,8 @@ def _adapt_run(start, operator, y_test, x_test, mode, images, images_y, steps, l
     """PSNR per test image after each budget, and of the held-out-selected model; the report's timings."""
     scores = {}
 
-    def callback(k, model):
-        if k in budgets:
+    def callback(k, model):  # the budgets, and every held-out evaluation (to study the stopping rule)
+        if k in budgets or k % 5 == 0:
             scores[k] = _psnr(model, operator, y_test, x_test)
 
     settings = adapting.Settings(mode=mode, steps=steps, lr=lr, batch=batch, seed=seed, eval_every=5)
@@ -131,6 +131,7 @@ def _adapt_run(start, operator, y_test, x_test, mode, images, images_y, steps, l
                                       callback=callback)
     return {"budgets": {str(k): v for k, v in scores.items()}, "selected": _psnr(selected, operator, y_test, x_test),
             "best_step": report["best_step"], "seconds_per_slice": report["seconds_per_slice"],
+            "heldout": [[r["step"], r["heldout"]] for r in report["curve"] if "heldout" in r],
             "seconds": report["seconds"], "seconds_per_step": report["seconds_per_step"]}
 
 
