@@ -41,6 +41,7 @@ import jax.numpy as jnp
 
 from metajax._validation import check_measurements, check_positive, check_positive_int, check_task_weight
 from metajax.adjoint import Autodiff, unroll
+from metajax.models.classical import conjugate_gradient_solve
 from metajax.models.convolution import conv2d
 from metajax.models.layers import hwio, xavier_uniform
 from metajax.models.loa import positive, positive_inverse
@@ -115,25 +116,7 @@ def data_consistency(operator: LinearOperator, y: jax.Array, z: jax.Array, mu: j
     if isinstance(operator, SingleCoilMRI):
         k = fft2c(z)
         return ifft2c(jnp.where(operator.mask, (y + mu * k) / (1 + mu), k))
-    rhs = operator.adjoint(y) + mu * z
-
-    def apply(v):
-        return operator.normal(v) + mu * v
-
-    def vdot(a, b):
-        return jnp.sum(jnp.real(jnp.conj(a) * b))
-
-    def body(_, carry):
-        x, r, p, rr = carry
-        ap = apply(p)
-        step = rr / jnp.maximum(vdot(p, ap), jnp.finfo(rr.dtype).tiny)
-        x, r = x + step * p, r - step * ap
-        rr_new = vdot(r, r)
-        return x, r, r + (rr_new / jnp.maximum(rr, jnp.finfo(rr.dtype).tiny)) * p, rr_new
-
-    r0 = rhs - apply(z)
-    x, *_ = jax.lax.fori_loop(0, cg_iters, body, (z, r0, r0, vdot(r0, r0)))
-    return x
+    return conjugate_gradient_solve(lambda v: operator.normal(v) + mu * v, operator.adjoint(y) + mu * z, z, cg_iters)
 
 
 class DCPhase(eqx.Module):
