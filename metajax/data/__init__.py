@@ -1,7 +1,9 @@
 """Data: image sources (embedded chest set (the default), embedded brain template, fastMRI HDF5, NIfTI, image folders) and tasks."""
 
 from metajax.data.chest import chest_file, chest_images, chest_masks, pseudo_radial_mask
-from metajax.data.fastmri import FastMRIVolume, load_fastmri
+from metajax.data.bart import kspace_from_cfl, read_cfl, write_cfl
+from metajax.data.fastmri import FastMRIVolume, center_crop_to, load_fastmri
+from metajax.data.multicoil import MultiCoilSlice, random_coil_maps, simulate_multicoil, smooth_phase
 from metajax.data.sources import (
     center_crop,
     default_images,
@@ -17,6 +19,14 @@ __all__ = [
     "chest_images",
     "chest_masks",
     "pseudo_radial_mask",
+    "read_cfl",
+    "write_cfl",
+    "kspace_from_cfl",
+    "MultiCoilSlice",
+    "random_coil_maps",
+    "simulate_multicoil",
+    "smooth_phase",
+    "center_crop_to",
     "FastMRIVolume",
     "load_fastmri",
     "center_crop",

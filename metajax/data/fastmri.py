@@ -30,12 +30,14 @@ class FastMRIVolume:
         recon_size: (h, w) from the ISMRMRD header's ``reconSpace`` (x, y), as fastMRI
             reads it, or None when the file has no header.
         attrs: the file's root attributes (``max``, ``norm``, ``acquisition``, ...).
+        mask: the file's ``mask`` dataset as booleans — fastMRI's (W,) column mask or an (H, W) mask — or None.
     """
 
     kspace: np.ndarray
     target: np.ndarray | None
     recon_size: tuple[int, int] | None
     attrs: dict
+    mask: np.ndarray | None = None
 
     @property
     def multicoil(self) -> bool:
@@ -101,4 +103,26 @@ def load_fastmri(path, slices=None, target_key: str | None = "auto") -> FastMRIV
             check_finite(f"{target_key} in {path.name}", target)
         recon_size = _recon_size(f["ismrmrd_header"][()], path) if "ismrmrd_header" in f else None
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
-    return FastMRIVolume(kspace=kspace, target=target, recon_size=recon_size, attrs=attrs)
+        mask = _mask(f, kspace.shape[-2:], path) if "mask" in f else None
+    return FastMRIVolume(kspace=kspace, target=target, recon_size=recon_size, attrs=attrs, mask=mask)
+
+
+def _mask(f: h5py.File, shape: tuple[int, int], path) -> np.ndarray:
+    mask = np.asarray(f["mask"][()])
+    if mask.shape not in ((shape[1],), tuple(shape)) or not np.isin(np.unique(mask), (0, 1)).all():
+        raise ValueError(f"`path`: mask in {path.name} must be 0/1 of shape ({shape[1]},) (fastMRI's column mask) or "
+                         f"{tuple(shape)}; got shape {mask.shape} with values {np.unique(mask)[:5].tolist()}.")
+    return mask.astype(bool)
+
+
+def center_crop_to(images: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """``images`` (..., H, W) centre-cropped to the ISMRMRD recon size ``size = (h, w)`` as fastMRI crops
+    (rows ``(H − h) // 2 …``); ``None`` returns them unchanged. Raises when the size exceeds the images."""
+    if size is None:
+        return images
+    h, w = size
+    H, W = images.shape[-2:]
+    if h > H or w > W:
+        raise ValueError(f"`size`: the recon size {size} exceeds the images {(H, W)}.")
+    top, left = (H - h) // 2, (W - w) // 2
+    return images[..., top:top + h, left:left + w]

@@ -31,6 +31,7 @@ class ModelSource:
     ratios: tuple[float, ...]  # the trained tasks' nominal ratios
     label: str
     per_task: Callable[[int], eqx.Module] | None = None  # solver.per_task runs: the network of task i
+    coils: str = "single"  # the k-space it was trained on: single | multi (the card's "coils")
 
 
 def sampling_ratios(tasks) -> list[float]:
@@ -60,7 +61,7 @@ def load_model_source(spec: str, base: Path | None = None) -> ModelSource:
         name = spec[len(PRETRAINED):]
         model, card = pretrained.load(name)
         return ModelSource(model, _trained(OmegaConf.create(card["config"])), tuple(card["config"]["tasks"]["ratios"]),
-                           spec)
+                           spec, coils=card.get("coils", "single"))
     run_dir = Path(spec)
     if base is not None and not run_dir.is_absolute():
         run_dir = base / run_dir

@@ -64,7 +64,7 @@ from metajax.engine import adaptation
 from metajax.engine.experiment import ConfigError, resolve_path
 from metajax.engine.models import load_model_source
 from metajax.models import tv_reconstruction
-from metajax.operators import SingleCoilMRI
+from metajax.operators import MultiCoilMRI, SingleCoilMRI
 from metajax.pretrained.selfcheck import TOLERANCE, self_check, tv_weight_for
 
 CHUNK = 4
@@ -73,7 +73,8 @@ CHUNK = 4
 @dataclass
 class ReconstructConfig:
     input: str = MISSING  # HDF5, fastMRI single-coil layout (kspace (S, H, W), optional mask)
-    model: str = "pretrained:chest_dcnet"  # a trained run directory or pretrained:NAME
+    model: str = "auto"  # a trained run directory, pretrained:NAME, or auto: pretrained:chest_dcnet for single-coil
+    # k-space, pretrained:chest_mc_dcnet for multi-coil
     mask_file: Optional[str] = None  # HDF5 of 2-D masks (centred layout); overrides the input's own `mask`
     mask_name: Optional[str] = None  # the dataset in mask_file (needed when it holds several masks)
     slices: Optional[List[int]] = None  # [start, stop) of the slices to reconstruct (default: all)
@@ -87,17 +88,18 @@ class ReconstructConfig:
     adapt_steps: int = 60
     adapt_lr: Optional[float] = None  # default: metajax.engine.adaptation.DEFAULT_LR["self"]
     adapt_params: str = "all"  # all | cnn | omega
+    mask_family: Optional[str] = None  # generate the mask (retrospective undersampling): a metajax.masks family ...
+    acceleration: float = 4.0  # ... at this acceleration (fastMRI's centre fractions) ...
+    mask_seed: int = 0  # ... from jax.random.key(mask_seed)
+    maps: str = "espirit"  # multi-coil: coil sensitivities from the calibration centre: espirit | acs
+    maps_file: Optional[str] = None  # multi-coil: read the sensitivities instead (BART array or HDF5 `maps`)
 
 
 ConfigStore.instance().store(name="reconstruct", node=ReconstructConfig)
 
 
-def load_inputs(cfg, base: Path | None):
-    """``(kspace (S, H, W) complex64, mask (H, W) bool, notes)``, every check done, nothing reconstructed yet."""
-    path = resolve_path(cfg.input, base)
-    if not path.is_file():
-        raise FileNotFoundError(f"`input`: {str(path)!r} does not exist.")
-    notes = []
+def check_options(cfg) -> None:
+    """The options that do not depend on the input file."""
     if not (cfg.scale >= 0 and np.isfinite(cfg.scale)):
         raise ValueError(f"`scale` must be 0 (each slice's zero-filled maximum) or a positive number; got {cfg.scale}.")
     if cfg.fallback not in ("tv", "none"):
@@ -106,14 +108,20 @@ def load_inputs(cfg, base: Path | None):
         raise ValueError(f"`adapt` must be none or self (adapt to the file's own measurements); got {cfg.adapt!r}.")
     if not 0 < cfg.check_fraction < 1:
         raise ValueError(f"`check_fraction` must lie in (0, 1); got {cfg.check_fraction}.")
+
+
+def load_inputs(cfg, base: Path | None):
+    """``(kspace (S, H, W) complex64, mask (H, W) bool, notes)``, every check done, nothing reconstructed yet."""
+    path = resolve_path(cfg.input, base)
+    if not path.is_file():
+        raise FileNotFoundError(f"`input`: {str(path)!r} does not exist.")
+    notes = []
+    check_options(cfg)
     f = open_hdf5("input", path)
     with f:
         if "kspace" not in f:
             raise KeyError(f"`input`: {path.name} has no `kspace` dataset; keys: {sorted(f.keys())}.")
         ds = f["kspace"]
-        if ds.ndim == 4:
-            raise ValueError(f"`input`: kspace {ds.shape} is multi-coil (slices, coils, H, W); the models "
-                             "reconstruct single-coil k-space (S, H, W) — combine the coils first.")
         if ds.ndim not in (2, 3) or not np.issubdtype(ds.dtype, np.complexfloating):
             raise ValueError(f"`input`: kspace must be complex (S, H, W) or (H, W); got {ds.shape} {ds.dtype}.")
         count = 1 if ds.ndim == 2 else ds.shape[0]
@@ -133,6 +141,11 @@ def load_inputs(cfg, base: Path | None):
         if cfg.mask_name is not None and cfg.mask_name not in available:
             raise KeyError(f"`mask_name`: no mask {cfg.mask_name!r} in {mask_path.name}; available {sorted(available)}.")
         mask = available[cfg.mask_name] if cfg.mask_name is not None else next(iter(available.values()))
+    elif cfg.mask_family is not None:
+        from metajax.engine.scans import choose_mask
+
+        mask = choose_mask(cfg, base, kspace[:, None], None)[0]
+        notes.append(f"mask generated: {cfg.mask_family} {cfg.acceleration:g}×")
     elif own_mask is not None:
         mask = own_mask
         if mask.ndim == 1:  # fastMRI: one flag per phase-encoding column (the last axis)
@@ -217,7 +230,7 @@ def tv_slices(kspace: np.ndarray, mask: np.ndarray, scales: np.ndarray, iteratio
     return (np.asarray(recon) * scales[:, None, None]).astype(np.complex64)
 
 
-def _png(path: Path, zero_filled: np.ndarray, recon: np.ndarray, title: str) -> None:
+def _png(path: Path, zero_filled: np.ndarray, recon: np.ndarray, title: str, left: str = "zero-filled") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -225,7 +238,7 @@ def _png(path: Path, zero_filled: np.ndarray, recon: np.ndarray, title: str) -> 
 
     peak = max(float(recon.max()), 1e-12)
     fig, axes = plt.subplots(1, 2, figsize=(8, 4.2))
-    for ax, image, name in zip(axes, (zero_filled, recon), ("zero-filled", title)):
+    for ax, image, name in zip(axes, (zero_filled, recon), (left, title)):
         ax.imshow(image, cmap="gray", vmin=0, vmax=peak)
         ax.set_title(name, fontsize=9)
         ax.axis("off")
@@ -234,18 +247,135 @@ def _png(path: Path, zero_filled: np.ndarray, recon: np.ndarray, title: str) -> 
     plt.close(fig)
 
 
+def _fail(error) -> None:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _model_source(cfg, base, coils: str):
+    """The model for ``coils`` (single | multi) k-space; ``model=auto`` picks the shipped one."""
+    spec = cfg.model if cfg.model != "auto" else ("pretrained:chest_mc_dcnet" if coils == "multi"
+                                                   else "pretrained:chest_dcnet")
+    source = load_model_source(spec, base)
+    if source.per_task is not None:
+        raise ConfigError(f"{source.label} holds one network per trained task; use a joint or pretrained model.")
+    if source.coils != coils:
+        raise ConfigError(f"`model`: {source.label} was trained on {source.coils}-coil k-space but the input is "
+                          f"{coils}-coil; use model=auto (pretrained:"
+                          f"{'chest_mc_dcnet' if coils == 'multi' else 'chest_dcnet'}).")
+    return source
+
+
+def _report_check(check, cfg, count: int) -> np.ndarray:
+    """Print the self-check's verdict; the flagged slices (indices into the reconstructed ones)."""
+    flagged = np.flatnonzero(check["flag"])
+    if flagged.size:
+        first = cfg.slices[0] if cfg.slices is not None else 0
+        names = ", ".join(str(first + i) for i in flagged)
+        action = "reconstructed with TV instead (fallback=tv)" if cfg.fallback == "tv" else \
+            "kept the model's reconstruction (fallback=none)"
+        print(f"warning: out of the model's domain on slice(s) {names}: it predicts held-out k-space worse "
+              f"than zero-filled or TV (self-check score > {TOLERANCE}); {action}.", flush=True)
+    else:
+        print(f"self-check: the model predicts held-out k-space within {TOLERANCE}× of zero-filled and TV or "
+              f"better on all {count} slice(s) (scores {check['score'].min():.2f}–{check['score'].max():.2f}).")
+    return flagged
+
+
+def _multicoil_main(cfg, path: Path, out_dir: Path, base: Path) -> None:
+    """``metajax-reconstruct`` on a multi-coil scan (:mod:`metajax.engine.scans`)."""
+    from metajax.engine import scans
+
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    try:
+        check_options(cfg)
+        if cfg.adapt != "none":
+            raise ValueError("`adapt`: adaptation of multi-coil models is not supported yet; use adapt=none.")
+        kspace, own_mask, recon_size, notes = scans.read_scan(path, cfg.slices)
+        mask, origin = scans.choose_mask(cfg, base, kspace, own_mask)
+        source = _model_source(cfg, base, "multi")
+        if cfg.maps_file is not None:
+            maps_path = resolve_path(cfg.maps_file, base)
+            if not maps_path.is_file():
+                raise FileNotFoundError(f"`maps_file`: {str(maps_path)!r} does not exist.")
+        elif cfg.maps not in scans.MAPS:
+            raise ValueError(f"`maps` must be one of {scans.MAPS} (or give maps_file=…); got {cfg.maps!r}.")
+        else:
+            from metajax.operators import calibration_shape
+
+            calibration_shape(mask)  # no ACS: fail before any work
+    except (ConfigError, FileNotFoundError, KeyError, ValueError, TypeError) as error:
+        _fail(error)
+    outside = bool(np.any(kspace[..., ~mask])) if (~mask).any() else False
+    kspace = np.where(mask, kspace, 0).astype(np.complex64)
+    if outside:
+        notes.append("k-space outside the mask was non-zero: undersampled retrospectively with the mask")
+    ratio = float(mask.mean())
+    print(f"{len(kspace)} slice(s) of {kspace.shape[1]} coils × {kspace.shape[2]}×{kspace.shape[3]}, mask from "
+          f"{origin}, sampling ratio {ratio:.3f}, model {source.label}" + "".join(f"; {n}" for n in notes), flush=True)
+    tic = time.perf_counter()
+    maps = (scans.read_maps(resolve_path(cfg.maps_file, base), kspace) if cfg.maps_file is not None
+            else scans.estimate_maps(kspace, mask, cfg.maps, log=log))
+    maps_seconds = time.perf_counter() - tic
+    slice_scales = scans.scales(kspace, mask, maps, cfg.scale)
+    tic = time.perf_counter()
+    recon = scans.reconstruct(source.model, kspace, mask, maps, slice_scales, log=log)
+    recon_seconds = time.perf_counter() - tic
+    method = np.array(["model"] * len(recon), dtype=object)
+    check = None
+    if cfg.check:
+        parts = []
+        for s in range(len(kspace)):
+            parts.append(self_check(source.model, mask, jnp.asarray(kspace[s]) / slice_scales[s], jax.random.key(0),
+                                    cfg.check_fraction, maps=jnp.asarray(maps[s])))
+            log(f"self-checked slice {s + 1} of {len(kspace)}")
+        check = {k: np.array([p[k] for p in parts]) for k in ("model", "zero_filled", "tv", "score", "flag")}
+        flagged = _report_check(check, cfg, len(recon))
+        if cfg.fallback == "tv":
+            for i in flagged:
+                operator = MultiCoilMRI(jnp.asarray(mask), jnp.asarray(maps[i]))
+                y = jnp.asarray(kspace[i]) / slice_scales[i]
+                recon[i] = np.asarray(tv_reconstruction(operator, y, tv_weight_for(ratio), 300)) * slice_scales[i]
+                method[i] = "tv"
+    zero_filled = scans.rss_zero_filled(kspace)
+    attrs = {"model": source.label, "input": str(cfg.input), "sampling_ratio": ratio, "mask": origin,
+             "maps": "maps_file" if cfg.maps_file else cfg.maps, "notes": "; ".join(notes), "fallback": cfg.fallback,
+             "seconds_maps": maps_seconds, "seconds_reconstruction": recon_seconds}
+    written = scans.write(out_dir, recon, zero_filled, maps, mask, slice_scales, method, check, recon_size, attrs)
+    if cfg.png:
+        for i in range(len(recon)):
+            _png(out_dir / f"slice_{i:03d}.png", zero_filled[i], np.abs(recon[i]),
+                 source.label if method[i] == "model" else "TV (self-check fallback)", left="zero-filled RSS")
+    print(f"maps {maps_seconds / len(recon):.1f} s and reconstruction {recon_seconds / len(recon):.1f} s per slice; "
+          f"wrote {written}" + (f" and {len(recon)} PNG(s)" if cfg.png else ""))
+
+
 @hydra.main(version_base=None, config_name="reconstruct")
 def reconstruct_main(cfg) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     base = Path(hydra.utils.get_original_cwd())
+    path = resolve_path(cfg.input, base)
+    try:
+        from metajax.engine.scans import is_bart, is_multicoil_file
+
+        if is_bart(path):
+            for suffix in (".hdr", ".cfl"):
+                if not path.with_suffix(suffix).is_file():
+                    raise FileNotFoundError(f"`input`: {str(path.with_suffix(suffix))!r} does not exist (a BART "
+                                            "array is NAME.hdr + NAME.cfl).")
+        elif not path.is_file():
+            raise FileNotFoundError(f"`input`: {str(path)!r} " + ("is a directory, not a file." if path.is_dir()
+                                                                   else "does not exist."))
+        multicoil = is_multicoil_file(path)
+    except (FileNotFoundError, ValueError) as error:
+        _fail(error)
+    if multicoil:
+        return _multicoil_main(cfg, path, out_dir, base)
     try:
         kspace, mask, notes = load_inputs(cfg, base)
-        source = load_model_source(cfg.model, base)
-        if source.per_task is not None:
-            raise ConfigError(f"{source.label} holds one network per trained task; use a joint or pretrained model.")
+        source = _model_source(cfg, base, "single")
     except (ConfigError, FileNotFoundError, KeyError, ValueError, TypeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        _fail(error)
     ratio = float(mask.mean())
     print(f"{len(kspace)} slice(s) of {kspace.shape[1]}×{kspace.shape[2]}, sampling ratio {ratio:.3f}, model "
           f"{source.label}" + "".join(f"; {n}" for n in notes), flush=True)
@@ -262,21 +392,10 @@ def reconstruct_main(cfg) -> None:
     check = None
     if cfg.check:
         check = check_slices(model, kspace, mask, scales, cfg.check_fraction, log=lambda m: print(m, flush=True))
-        flagged = np.flatnonzero(check["flag"])
-        if flagged.size:
-            first = cfg.slices[0] if cfg.slices is not None else 0
-            names = ", ".join(str(first + i) for i in flagged)
-            action = "reconstructed with TV instead (fallback=tv)" if cfg.fallback == "tv" else \
-                "kept the model's reconstruction (fallback=none)"
-            print(f"warning: out of the model's domain on slice(s) {names}: it predicts held-out k-space worse "
-                  f"than zero-filled or TV (self-check score > {TOLERANCE}); {action}.", flush=True)
-            if cfg.fallback == "tv":
-                recon[flagged] = tv_slices(kspace[flagged], mask, scales[flagged])
-                method[flagged] = "tv"
-        else:
-            print(f"self-check: the model predicts held-out k-space within {TOLERANCE}× of zero-filled and TV or "
-                  f"better on all {len(recon)} slice(s) (scores {check['score'].min():.2f}–"
-                  f"{check['score'].max():.2f}).")
+        flagged = _report_check(check, cfg, len(recon))
+        if flagged.size and cfg.fallback == "tv":
+            recon[flagged] = tv_slices(kspace[flagged], mask, scales[flagged])
+            method[flagged] = "tv"
     magnitude = np.abs(recon).astype(np.float32)
     with h5py.File(out_dir / "reconstruction.h5", "w") as f:
         f["reconstruction"] = magnitude

@@ -1,9 +1,12 @@
 """Reconstruction models: classical baselines and unrolled learned networks (LOA, PDNet)."""
 
 from metajax.models.classical import (
+    conjugate_gradient_solve,
     finite_difference,
     finite_difference_adjoint,
     operator_norm,
+    l1_wavelet_reconstruction,
+    sense_reconstruction,
     tv_reconstruction,
     zero_filled,
 )
@@ -17,6 +20,9 @@ __all__ = [
     "finite_difference_adjoint",
     "operator_norm",
     "tv_reconstruction",
+    "sense_reconstruction",
+    "l1_wavelet_reconstruction",
+    "conjugate_gradient_solve",
     "zero_filled",
     "DCNet",
     "DCParams",

@@ -62,7 +62,8 @@ def build(model_config: dict, num_tasks: int) -> TaskWeighted:
     key = jax.random.key(0)
     if name == "dcnet":
         net = DCNet(key, model_config["phases"], layers=model_config["layers"], channels=model_config["features"],
-                    mu=model_config["mu"], mask_aware=model_config.get("mask_aware", False))
+                    mu=model_config["mu"], mask_aware=model_config.get("mask_aware", False),
+                    cg_iters=model_config.get("cg_iters", 10))
     elif name in ("loa", "loa_paper"):
         make = LOA if name == "loa" else LOA.paper
         net = make(key, model_config["phases"], features=model_config["features"], layers=model_config["layers"])

@@ -38,7 +38,7 @@ import numpy as np
 from metajax._validation import as_binary_mask, check_key
 from metajax.masks import center_block, is_line_mask
 from metajax.models.classical import tv_reconstruction
-from metajax.operators import SingleCoilMRI, fft2c
+from metajax.operators import MultiCoilMRI, SingleCoilMRI, fft2c
 
 __all__ = ["holdout", "self_check", "tv_weight_for"]
 
@@ -101,17 +101,20 @@ def holdout(key, mask, fraction: float = 0.05, center_fraction: float = 0.08) ->
     return jnp.asarray(mask & ~held), jnp.asarray(held)
 
 
-def self_check(model, mask, y, key, fraction: float = 0.05, tv_iterations: int = 200) -> dict:
+def self_check(model, mask, y, key, fraction: float = 0.05, tv_iterations: int = 200, maps=None) -> dict:
     """Score ``model`` on one or more slices without ground truth (see the module docstring).
 
     Args:
-        model: called ``model(SingleCoilMRI(kept), y_kept)`` for one slice (a pretrained model).
+        model: called ``model(SingleCoilMRI(kept), y_kept)`` for one slice (a pretrained model), or
+            ``model(MultiCoilMRI(kept, maps_s), y_kept)`` with ``maps``.
         mask: the (H, W) sampling mask of the measurements.
-        y: (H, W) or (S, H, W) complex k-space on ``mask``, on the scale the model expects
-            (images with maximum ≈ 1).
+        y: (H, W) or (S, H, W) complex k-space on ``mask`` ((C, H, W) or (S, C, H, W) with ``maps``), on the
+            scale the model expects (images with maximum ≈ 1).
         key: PRNG key of the held-out choice (one split for all slices).
         fraction: share of the non-central samples held out.
         tv_iterations: PDHG iterations of the TV reference (λ from :func:`tv_weight_for`).
+        maps: None (single-coil) or the coil sensitivities, (C, H, W) or (S, C, H, W) like ``y``; the held-out
+            error then sums over coils.
 
     Returns:
         a dict of (S,) arrays ``model``, ``zero_filled`` (= 1), ``tv`` (relative held-out errors),
@@ -119,19 +122,26 @@ def self_check(model, mask, y, key, fraction: float = 0.05, tv_iterations: int =
         ``held`` masks.
     """
     y = jnp.asarray(y)
-    single = y.ndim == 2
+    single = y.ndim == (2 if maps is None else 3)
     ys = y[None] if single else y
     kept, held = holdout(key, mask, fraction)
-    operator = SingleCoilMRI(kept)
     y_kept = jnp.where(kept, ys, 0)
     weight = tv_weight_for(float(jnp.mean(kept)))
+    if maps is None:
+        operators = lambda _: SingleCoilMRI(kept)  # noqa: E731
+        per_slice = jnp.zeros(len(ys))
+    else:
+        per_slice = jnp.asarray(maps)[None] if single else jnp.asarray(maps)
+        operators = lambda m: MultiCoilMRI(kept, m)  # noqa: E731
 
-    x_model = jax.vmap(lambda v: model(operator, v))(y_kept)
-    x_tv = jax.vmap(lambda v: tv_reconstruction(operator, v, weight, tv_iterations))(y_kept)
-    norm = jnp.sqrt(jnp.sum(jnp.abs(jnp.where(held, ys, 0)) ** 2, axis=(-2, -1)))
+    x_model = jax.vmap(lambda v, m: model(operators(m), v))(y_kept, per_slice)
+    x_tv = jax.vmap(lambda v, m: tv_reconstruction(operators(m), v, weight, tv_iterations))(y_kept, per_slice)
+    axes = tuple(range(1, ys.ndim))
+    norm = jnp.sqrt(jnp.sum(jnp.abs(jnp.where(held, ys, 0)) ** 2, axis=axes))
 
     def error(x):
-        return jnp.sqrt(jnp.sum(jnp.abs(jnp.where(held, fft2c(x) - ys, 0)) ** 2, axis=(-2, -1))) / norm
+        predicted = fft2c(x) if maps is None else fft2c(per_slice * x[:, None])
+        return jnp.sqrt(jnp.sum(jnp.abs(jnp.where(held, predicted - ys, 0)) ** 2, axis=axes)) / norm
 
     e_model, e_tv = np.asarray(error(x_model)), np.asarray(error(x_tv))
     e_zf = np.ones_like(e_model)
