@@ -21,7 +21,8 @@ import pytest
 
 from metajax import bilevel, data, masks, metrics
 from metajax.adjoint import MLM, multipliers, unroll
-from metajax.models import LOA, DCNet, PDNet, tv_reconstruction, zero_filled
+from metajax.models import (LOA, DCNet, PDNet, l1_wavelet_reconstruction, sense_reconstruction, tv_reconstruction,
+                            zero_filled)
 from metajax.operators import (
     Blur,
     Downsampling,
@@ -29,7 +30,10 @@ from metajax.operators import (
     MultiCoilMRI,
     Scaled,
     SingleCoilMRI,
+    acs_maps,
     birdcage_maps,
+    calibration_shape,
+    espirit,
     gaussian_kernel,
 )
 
@@ -274,6 +278,36 @@ MODELS = [
     ("tv_reconstruction NaN measurements", lambda t: tv_reconstruction(OP, NAN_Y, 1e-3), ValueError, "`y`"),
     ("tv_reconstruction negative weight", lambda t: tv_reconstruction(OP, Y, -1.0), ValueError, "weight"),
     ("tv_reconstruction zero iterations", lambda t: tv_reconstruction(OP, Y, 1e-3, 0), ValueError, "iterations"),
+    ("sense_reconstruction NaN measurements", lambda t: sense_reconstruction(OP, NAN_Y), ValueError, "`y`"),
+    ("sense_reconstruction negative weight", lambda t: sense_reconstruction(OP, Y, -1.0), ValueError, "weight"),
+    ("l1_wavelet_reconstruction unknown wavelet", lambda t: l1_wavelet_reconstruction(OP, Y, 1e-3, wavelet="sym9"),
+     ValueError, "wavelet"),
+    ("l1_wavelet_reconstruction too many levels", lambda t: l1_wavelet_reconstruction(OP, Y, 1e-3, levels=12),
+     ValueError, "levels"),
+    ("l1_wavelet_reconstruction NaN weight", lambda t: l1_wavelet_reconstruction(OP, Y, jnp.nan), ValueError,
+     "weight"),
+]
+
+MULTICOIL = [
+    ("espirit single-coil k-space", lambda t: espirit(Y), ValueError, "kspace"),
+    ("espirit calibration larger than k-space", lambda t: espirit(jnp.stack([Y, Y]), (40, 40)), ValueError,
+     "calib_shape"),
+    ("espirit crop of 1", lambda t: espirit(jnp.stack([Y, Y]), (8, 8), kernel=4, crop=1.0), ValueError, "crop"),
+    ("acs_maps real k-space", lambda t: acs_maps(jnp.ones((2, 8, 8))), TypeError, "kspace"),
+    ("calibration_shape of a mask without centre", lambda t: calibration_shape(jnp.zeros((8, 8), bool)), ValueError,
+     "auto-calibration"),
+    ("simulate_multicoil complex image", lambda t: data.simulate_multicoil(KEY, X[0], 4), TypeError, "image"),
+    ("simulate_multicoil zero snr", lambda t: data.simulate_multicoil(KEY, jnp.abs(X[0]), 4, snr=0.0), ValueError,
+     "snr"),
+    ("simulate_multicoil integer key", lambda t: data.simulate_multicoil(0, jnp.abs(X[0]), 4), TypeError, "key"),
+    ("random_coil_maps zero coils", lambda t: data.random_coil_maps(KEY, (8, 8), 0), ValueError, "num_coils"),
+    ("read_cfl missing file", lambda t: data.read_cfl(t / "nothing"), FileNotFoundError, "nothing.hdr"),
+    ("read_cfl header without dimensions", lambda t: (t.joinpath("x.hdr").write_text("1 2\n"),
+                                                      t.joinpath("x.cfl").write_bytes(b""),
+                                                      data.read_cfl(t / "x")), ValueError, "# Dimensions"),
+    ("write_cfl text", lambda t: data.write_cfl(t / "y", np.array(["a"])), TypeError, "array"),
+    ("kspace_from_cfl a 3-D volume", lambda t: data.kspace_from_cfl(np.zeros((4, 4, 4, 2), np.complex64)),
+     ValueError, "two spatial axes"),
 ]
 
 PHASE = lambda u, th, p: u * th  # noqa: E731
@@ -401,7 +435,7 @@ _ENGINE_KEYS = [
 ENGINE = [(f"config {override}", lambda t, o=override: _engine(*o.split()), (ValueError, FileNotFoundError), key)
           for override, key in _ENGINE_KEYS]
 
-CASES = OPERATORS + MASKS + METRICS + DATA + MODELS + ADJOINT + BILEVEL + ENGINE
+CASES = OPERATORS + MASKS + METRICS + DATA + MODELS + MULTICOIL + ADJOINT + BILEVEL + ENGINE
 
 
 @pytest.mark.parametrize("name, call, error, word", CASES, ids=[c[0] for c in CASES])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from metajax import data
-from metajax.data import (center_crop_to, kspace_from_cfl, load_fastmri, random_coil_maps, read_cfl,
+from metajax.data import (center_crop, kspace_from_cfl, load_fastmri, random_coil_maps, read_cfl,
                           simulate_multicoil, smooth_phase, write_cfl)
 from metajax.operators import ifft2c, rss
 
@@ -90,7 +90,7 @@ def test_fastmri_multicoil_file_with_mask_and_recon_size(tmp_path):
     assert volume.multicoil and volume.recon_size == (10, 8)
     np.testing.assert_array_equal(volume.kspace, kspace[[2, 0]])
     np.testing.assert_array_equal(volume.mask, np.arange(12) % 3 == 0)
-    assert center_crop_to(np.zeros((3, 20, 12)), volume.recon_size).shape == (3, 10, 8)
+    assert center_crop(np.zeros((3, 20, 12)), volume.recon_size).shape == (3, 10, 8)
     with h5py.File(path, "a") as f:
         del f["mask"]
         f["mask"] = np.arange(12)

@@ -2,7 +2,7 @@
 
 from metajax.data.chest import chest_file, chest_images, chest_masks, pseudo_radial_mask
 from metajax.data.bart import kspace_from_cfl, read_cfl, write_cfl
-from metajax.data.fastmri import FastMRIVolume, center_crop_to, load_fastmri
+from metajax.data.fastmri import FastMRIVolume, load_fastmri
 from metajax.data.multicoil import MultiCoilSlice, random_coil_maps, simulate_multicoil, smooth_phase
 from metajax.data.sources import (
     center_crop,
@@ -26,7 +26,6 @@ __all__ = [
     "random_coil_maps",
     "simulate_multicoil",
     "smooth_phase",
-    "center_crop_to",
     "FastMRIVolume",
     "load_fastmri",
     "center_crop",

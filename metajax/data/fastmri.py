@@ -114,15 +114,3 @@ def _mask(f: h5py.File, shape: tuple[int, int], path) -> np.ndarray:
                          f"{tuple(shape)}; got shape {mask.shape} with values {np.unique(mask)[:5].tolist()}.")
     return mask.astype(bool)
 
-
-def center_crop_to(images: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    """``images`` (..., H, W) centre-cropped to the ISMRMRD recon size ``size = (h, w)`` as fastMRI crops
-    (rows ``(H − h) // 2 …``); ``None`` returns them unchanged. Raises when the size exceeds the images."""
-    if size is None:
-        return images
-    h, w = size
-    H, W = images.shape[-2:]
-    if h > H or w > W:
-        raise ValueError(f"`size`: the recon size {size} exceeds the images {(H, W)}.")
-    top, left = (H - h) // 2, (W - w) // 2
-    return images[..., top:top + h, left:left + w]

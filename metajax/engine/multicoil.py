@@ -113,6 +113,16 @@ def simulate_set(images: np.ndarray, key, tasks=TASKS, coils=(8,), max_coils: in
     return SimulatedSet(**{k: np.stack(v) for k, v in out.items()})
 
 
+def save_set(path: Path, data: SimulatedSet) -> None:
+    """Cache a simulated set (``.npz``, uncompressed)."""
+    np.savez(path, **{f.name: getattr(data, f.name) for f in dataclasses.fields(data)})
+
+
+def load_set(path: Path) -> SimulatedSet:
+    with np.load(path) as f:
+        return SimulatedSet(**{k: f[k] for k in f.files})
+
+
 def first_images(data: SimulatedSet, count: int) -> SimulatedSet:
     """The acquisitions of the first ``count`` images of every task (the sets are stacked task by task)."""
     keep = np.concatenate([np.flatnonzero(data.task == t)[:count] for t in np.unique(data.task)])
@@ -128,10 +138,32 @@ def scaled(kspace, maps, mask, target=None):
     return (y / s, x0 / s, s) + (() if target is None else (target / s,))
 
 
-def batch_masks(key, tasks_of_batch, tasks=TASKS, shape=(256, 256)) -> jax.Array:
-    """(B, H, W): a fresh mask of each example's task."""
-    return jnp.stack([task_mask(jax.random.fold_in(key, j), *tasks[int(t)], shape)
-                      for j, t in enumerate(tasks_of_batch)])
+class MaskBank:
+    """Training masks: the 1-D families drawn fresh at every step (cheap), the 2-D Poisson-disc ones from a bank
+    of ``bank`` masks per task drawn once (a Poisson-disc mask takes seconds to generate). Every mask is checked
+    to sample its task's calibration block."""
+
+    def __init__(self, key, tasks=TASKS, shape=(256, 256), bank: int = 4):
+        self.tasks, self.shape = tasks, shape
+        self.banks = {t: np.stack([np.asarray(task_mask(jax.random.fold_in(jax.random.fold_in(key, t), j), f, a,
+                                                        shape)) for j in range(bank)])
+                      for t, (f, a) in enumerate(tasks) if not f.startswith("fastmri")}
+
+    def sample(self, key, tasks_of_batch) -> jax.Array:
+        """(B, H, W): a mask of each example's task."""
+        out = []
+        for j, t in enumerate(tasks_of_batch):
+            k = jax.random.fold_in(key, j)
+            if int(t) in self.banks:
+                out.append(self.banks[int(t)][int(jax.random.randint(k, (), 0, len(self.banks[int(t)])))])
+            else:
+                out.append(np.asarray(task_mask(k, *self.tasks[int(t)], self.shape)))
+            family, acc = self.tasks[int(t)]
+            ch, cw = calibration_block(family, acc, self.shape)
+            top, left = self.shape[0] // 2 - ch // 2, self.shape[1] // 2 - cw // 2
+            if not out[-1][top:top + ch, left:left + cw].all():
+                raise AssertionError(f"a {family} {acc:g}× mask misses its calibration block {ch}×{cw}")
+        return jnp.asarray(np.stack(out))
 
 
 def _loss(model, y, maps, mask, target, task):
@@ -208,6 +240,7 @@ def train(model, train_set: SimulatedSet, val_set: SimulatedSet, out_dir: Path, 
             best = (state["best_psnr"], eqx.tree_deserialise_leaves(out_dir / "best.eqx", model))
         log(f"resumed from step {start}")
     fixed = validation_masks()
+    bank = MaskBank(jax.random.key(settings.seed + 2))
 
     @eqx.filter_jit
     def step(model, opt_state, y, maps, mask, target, task):
@@ -220,7 +253,7 @@ def train(model, train_set: SimulatedSet, val_set: SimulatedSet, out_dir: Path, 
     for i in range(start, settings.steps):
         key = jax.random.fold_in(jax.random.key(settings.seed), i)
         idx = np.asarray(jax.random.choice(key, n, (settings.batch,), replace=False))
-        m = batch_masks(jax.random.fold_in(key, 1), train_set.task[idx])
+        m = bank.sample(jax.random.fold_in(key, 1), train_set.task[idx])
         y, target = _prepare(train_set, idx, m)
         model, opt_state, loss = step(model, opt_state, y, jnp.asarray(train_set.maps[idx]), m, target,
                                       jnp.asarray(train_set.task[idx]))
@@ -251,3 +284,50 @@ def rss_zero_filled_set(data: SimulatedSet, fixed_masks) -> np.ndarray:
     """(N, H, W) root-sum-of-squares of the zero-filled coil images (fastMRI's zero-filled baseline)."""
     return np.stack([np.sqrt(np.sum(np.abs(np.asarray(ifft2c(jnp.where(fixed_masks[int(t)], jnp.asarray(k), 0))))
                                     ** 2, axis=0)) for k, t in zip(data.kspace, data.task)])
+
+
+def classical_methods(tv_iterations: int = 300, wavelet_iterations: int = 200, sense_iterations: int = 30) -> dict:
+    """``{name: (solve(operator, y, λ), initial λ grid)}`` of the classical baselines on scaled measurements."""
+    from metajax.models import l1_wavelet_reconstruction, sense_reconstruction, tv_reconstruction
+
+    return {
+        "SENSE": (lambda op, y, lam: sense_reconstruction(op, y, lam, sense_iterations), [1e-3, 1e-2, 3e-2, 1e-1]),
+        "TV": (lambda op, y, lam: tv_reconstruction(op, y, lam, tv_iterations), [3e-4, 1e-3, 3e-3, 1e-2]),
+        "l1-wavelet": (lambda op, y, lam: l1_wavelet_reconstruction(op, y, lam, wavelet_iterations, "db4", 4),
+                       [3e-4, 1e-3, 3e-3, 1e-2]),
+    }
+
+
+def solve_set(solve, data: SimulatedSet, fixed_masks, weight) -> np.ndarray:
+    """(N, H, W) magnitudes of ``solve`` on every acquisition (scaled as the model sees it, rescaled back)."""
+    out = []
+    for k, maps, t in zip(data.kspace, data.maps, data.task):
+        mask = fixed_masks[int(t)]
+        y, _, s = scaled(jnp.asarray(k), jnp.asarray(maps), mask)
+        out.append(np.abs(np.asarray(solve(MultiCoilMRI(mask, jnp.asarray(maps)), y, weight))) * float(s))
+    return np.stack(out)
+
+
+def tune(solve, grid, data: SimulatedSet, fixed_masks, max_widenings: int = 3, log=print) -> tuple[float, dict]:
+    """λ with the best mean validation PSNR on ``data`` (one task); the grid is widened by its end ratio past
+    whichever end wins, up to ``max_widenings`` times, so the choice is never at an edge of what was tried (unless
+    the widenings run out, which the returned record says). Returns ``(λ, {"grid", "psnr", "chosen", "at_edge"})``."""
+    tried: dict[float, float] = {}
+    grid = sorted(grid)
+    for _ in range(max_widenings + 1):
+        for lam in grid:
+            if lam not in tried:
+                tried[lam] = float(scores(solve_set(solve, data, fixed_masks, lam), data.rss)[0].mean())
+        order = sorted(tried)
+        best = max(order, key=tried.get)
+        if best == order[0] and best > 0:
+            grid = [best / (order[1] / order[0])]
+        elif best == order[-1]:
+            grid = [best * (order[-1] / order[-2])]
+        else:
+            break
+        log(f"  λ = {best:g} at the edge of {order}: widening to {grid[0]:g}")
+    order = sorted(tried)
+    best = max(order, key=tried.get)
+    return best, {"grid": order, "psnr": [tried[v] for v in order], "chosen": best,
+                  "at_edge": best in (order[0], order[-1])}

@@ -293,7 +293,6 @@ def _multicoil_main(cfg, path: Path, out_dir: Path, base: Path) -> None:
             raise ValueError("`adapt`: adaptation of multi-coil models is not supported yet; use adapt=none.")
         kspace, own_mask, recon_size, notes = scans.read_scan(path, cfg.slices)
         mask, origin = scans.choose_mask(cfg, base, kspace, own_mask)
-        source = _model_source(cfg, base, "multi")
         if cfg.maps_file is not None:
             maps_path = resolve_path(cfg.maps_file, base)
             if not maps_path.is_file():
@@ -304,6 +303,7 @@ def _multicoil_main(cfg, path: Path, out_dir: Path, base: Path) -> None:
             from metajax.operators import calibration_shape
 
             calibration_shape(mask)  # no ACS: fail before any work
+        source = _model_source(cfg, base, "multi")
     except (ConfigError, FileNotFoundError, KeyError, ValueError, TypeError) as error:
         _fail(error)
     outside = bool(np.any(kspace[..., ~mask])) if (~mask).any() else False

@@ -171,7 +171,7 @@ def write(out_dir: Path, recon, zero_filled, maps, mask, slice_scales, method, c
     """``reconstruction.h5``: ``reconstruction`` (S, H, W) magnitude, ``reconstruction_complex``, ``maps``,
     ``zero_filled`` (RSS), ``mask``, ``scale``, ``method``, the self-check, and with a recon size
     ``reconstruction_cropped`` (S, h, w)."""
-    from metajax.data import center_crop_to
+    from metajax.data import center_crop
 
     path = out_dir / "reconstruction.h5"
     magnitude = np.abs(recon).astype(np.float32)
@@ -184,7 +184,7 @@ def write(out_dir: Path, recon, zero_filled, maps, mask, slice_scales, method, c
         f["scale"] = slice_scales.astype(np.float32)
         f["method"] = method.astype("S5")
         if recon_size is not None:
-            f["reconstruction_cropped"] = center_crop_to(magnitude, recon_size)  # (x = rows: readout, y)
+            f["reconstruction_cropped"] = center_crop(magnitude, recon_size)  # (x = rows: readout, y)
         if check is not None:
             for key in ("score", "model", "zero_filled", "tv"):
                 f[f"self_check/{key}"] = check[key].astype(np.float32)
