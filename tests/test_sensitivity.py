@@ -105,6 +105,10 @@ def test_calibration_shape_and_its_errors():
     thin[:, 8] = True
     with pytest.raises(ValueError, match="only 16 × 1"):
         calibration_shape(thin)
+    cross = np.zeros((40, 40), bool)  # a 10 × 10 centre block with one longer row through it (Poisson-disc-like)
+    cross[15:25, 15:25] = True
+    cross[20, 8:32] = True
+    assert calibration_shape(cross) == (10, 10)
     assert espirit_kernel((24, 20)) == 6 and espirit_kernel((24, 10)) == 4
 
 

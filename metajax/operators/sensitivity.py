@@ -49,37 +49,40 @@ def rss(coil_images: jax.Array, axis: int = -3) -> jax.Array:
 def calibration_shape(mask, limit: int | tuple[int, int] = 24) -> tuple[int, int]:
     """The largest centred block ``(h, w)`` (each side at most ``limit``) that ``mask`` (H, W) samples fully.
 
-    The block grows around ``[H // 2, W // 2]`` one row or column at a time
-    (the side with the smaller relative size first), as long as every sample in it is
-    measured. Raises when not even the 2 × 2 centre is fully sampled (no ACS).
+    Blocks are centred as the crops of :func:`espirit` are (rows from ``H // 2 − h // 2``, columns from
+    ``W // 2 − w // 2``); among the fully sampled ones the largest area wins (the squarer on a tie), so a 1-D
+    mask gives ``limit`` rows × its centre columns and a 2-D mask its centre square. Raises when not even a
+    2 × 2 block is fully sampled (no ACS).
     """
-    mask = np.asarray(as_binary_mask("mask", mask))
+    mask = as_binary_mask("mask", mask)
     if not is_concrete(mask):
         raise TypeError("`mask` must be concrete (not traced) to find its calibration region.")
+    mask = np.asarray(mask)
     limits = (limit, limit) if np.ndim(limit) == 0 else tuple(limit)
     lh, lw = (check_positive_int("limit", int(v)) for v in limits)
     h, w = mask.shape
 
     def full(bh, bw):
         top, left = h // 2 - bh // 2, w // 2 - bw // 2
-        return top >= 0 and left >= 0 and top + bh <= h and left + bw <= w and \
-            bool(mask[top:top + bh, left:left + bw].all())
+        return bool(mask[top:top + bh, left:left + bw].all())
 
-    bh, bw = 1, 1
-    if not full(1, 1):
+    if not mask[h // 2, w // 2]:
         raise ValueError("`mask` does not sample the k-space centre: there is no auto-calibration region (ACS) to "
                          "estimate coil sensitivities from; give the maps or a mask with a fully sampled centre.")
-    grown = True
-    while grown:
-        grown = False
-        for dh, dw in sorted(((1, 0), (0, 1)), key=lambda d: ((bh + d[0]) / lh, (bw + d[1]) / lw)):
-            if bh + dh <= lh and bw + dw <= lw and full(bh + dh, bw + dw):
-                bh, bw, grown = bh + dh, bw + dw, True
-                break
-    if bh < 2 or bw < 2:
-        raise ValueError(f"`mask`: its fully sampled centre is only {bh} × {bw}; coil sensitivities need an "
-                         "auto-calibration region of at least 2 × 2 (better 24 × 24 or 24 lines).")
-    return bh, bw
+    best = (1, 1)
+    for bh in range(1, min(lh, h) + 1):
+        if not full(bh, 1):
+            break
+        bw = 1
+        while bw < min(lw, w) and full(bh, bw + 1):
+            bw += 1
+        if (bh * bw, -abs(bh - bw)) > (best[0] * best[1], -abs(best[0] - best[1])):
+            best = (bh, bw)
+    if min(best) < 2:
+        raise ValueError(f"`mask`: its largest fully sampled centre block is only {best[0]} × {best[1]}; coil "
+                         "sensitivities need an auto-calibration region of at least 2 × 2 (better 24 × 24 or 24 "
+                         "lines).")
+    return best
 
 
 def espirit_kernel(calib_shape: tuple[int, int]) -> int:
