@@ -89,3 +89,24 @@ def test_baselines_batch_over_slices_and_reject_bad_weights():
         np.testing.assert_allclose(batch[1], 2 * batch[0], rtol=1e-4, atol=1e-5)  # λ = 0: linear in y
         with pytest.raises(ValueError, match="weight"):
             fn(y, -1.0)
+
+
+def test_lambda_tuning_widens_the_grid_past_an_edge():
+    """A baseline whose validation PSNR peaks at λ = 0.1, tuned on the grid [1e-3, 1e-2]: the grid grows ×10 past
+    the winning edge until the best λ is inside it, and the record lists every λ tried."""
+    from metajax.engine import multicoil
+
+    rng = np.random.default_rng(0)
+    kspace = (rng.standard_normal((2, 2, 8, 8)) + 1j * rng.standard_normal((2, 2, 8, 8))).astype(np.complex64)
+    maps = np.ones((2, 2, 8, 8), np.complex64) / np.sqrt(2)
+    rss_images = (rng.random((2, 8, 8)) + 0.5).astype(np.float32)
+    data_ = multicoil.SimulatedSet(kspace, maps, rss_images.astype(np.complex64), rss_images, np.zeros(2, int),
+                                   np.full(2, 2))
+    def solve(op, y, lam):  # the reference, degraded by the log-distance of λ from 0.1
+        scale = float(jnp.max(jnp.abs(op.adjoint(jnp.asarray(kspace[0])))))  # solve_set's scale of acquisition 0
+        return jnp.asarray(rss_images[0] / scale) * (1 + 0.1 * abs(np.log10(lam) + 1))
+
+    lam, record = multicoil.tune(solve, [1e-3, 1e-2], multicoil.first_images(data_, 1), [jnp.ones((8, 8), bool)])
+    assert lam == pytest.approx(0.1) and not record["at_edge"]
+    assert record["grid"] == pytest.approx([1e-3, 1e-2, 1e-1, 1.0])
+    assert np.argmax(record["psnr"]) == 2

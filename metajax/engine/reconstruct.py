@@ -7,7 +7,11 @@
 ``input`` is an HDF5 file in fastMRI single-coil layout: ``kspace`` (S, H, W)
 complex in centred layout (``fft2c`` of the image), optionally a ``mask``
 dataset — fastMRI's (W,) column mask or an (H, W) mask. ``mask_file`` (with
-``mask_name`` when it holds several) overrides it. k-space entries outside the
+``mask_name`` when it holds several) or a generated mask (``mask_family`` at
+``acceleration``) overrides it; without any, the non-zero samples are the mask
+(:func:`metajax.engine.scans.choose_mask`). Multi-coil input (fastMRI
+multi-coil HDF5 or a BART array) goes through :mod:`metajax.engine.scans`
+(ESPIRiT maps, the multi-coil model ``chest_mc_dcnet``). k-space entries outside the
 mask are set to zero (a fully sampled file is thus undersampled
 retrospectively, and the output says so).
 
@@ -58,11 +62,11 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING
 
-from metajax import masks as mask_io
 from metajax._validation import as_binary_mask, open_hdf5
 from metajax.engine import adaptation
 from metajax.engine.experiment import ConfigError, resolve_path
 from metajax.engine.models import load_model_source
+from metajax.engine.scans import choose_mask
 from metajax.models import tv_reconstruction
 from metajax.operators import MultiCoilMRI, SingleCoilMRI
 from metajax.pretrained.selfcheck import TOLERANCE, self_check, tv_weight_for
@@ -129,35 +133,15 @@ def load_inputs(cfg, base: Path | None):
         if cfg.slices is not None and (len(cfg.slices) != 2 or not 0 <= start < stop <= count):
             raise ValueError(f"`slices` must be [start, stop) within the {count} slices; got {list(cfg.slices)}.")
         kspace = np.asarray(ds[()] if ds.ndim == 2 else ds[start:stop], np.complex64).reshape(-1, *ds.shape[-2:])
-        own_mask = np.asarray(f["mask"][()]) if "mask" in f else None
+        own_mask = np.asarray(as_binary_mask("mask", f["mask"][()], np.ndim(f["mask"]))) if "mask" in f else None
     shape = kspace.shape[-2:]
     if not np.all(np.isfinite(kspace)):
         raise ValueError(f"`input`: kspace of {path.name} holds NaN or Inf values.")
-    if cfg.mask_file is not None:
-        mask_path = resolve_path(cfg.mask_file, base)
-        available = mask_io.load_masks(mask_path)
-        if cfg.mask_name is None and len(available) > 1:
-            raise ValueError(f"`mask_name`: {mask_path.name} holds several masks {sorted(available)}; name one.")
-        if cfg.mask_name is not None and cfg.mask_name not in available:
-            raise KeyError(f"`mask_name`: no mask {cfg.mask_name!r} in {mask_path.name}; available {sorted(available)}.")
-        mask = available[cfg.mask_name] if cfg.mask_name is not None else next(iter(available.values()))
-    elif cfg.mask_family is not None:
-        from metajax.engine.scans import choose_mask
-
-        mask = choose_mask(cfg, base, kspace[:, None], None)[0]
-        notes.append(f"mask generated: {cfg.mask_family} {cfg.acceleration:g}×")
-    elif own_mask is not None:
-        mask = own_mask
-        if mask.ndim == 1:  # fastMRI: one flag per phase-encoding column (the last axis)
-            if mask.shape[0] != shape[1]:
-                raise ValueError(f"`input`: its (W,) column mask has {mask.shape[0]} entries but kspace is {shape}.")
-            mask = np.broadcast_to(mask[None, :], shape)
-            notes.append("column mask of the input file")
-    else:
-        raise ValueError(f"`input`: {path.name} has no `mask` dataset; give mask_file=… (and mask_name=…).")
-    mask = np.asarray(as_binary_mask("mask", np.asarray(mask)))
-    if mask.shape != shape:
-        raise ValueError(f"mask shape {mask.shape} does not match the k-space images {shape}.")
+    if own_mask is not None and (own_mask.ndim not in (1, 2) or own_mask.shape[-1] != shape[1]):
+        raise ValueError(f"`input`: its mask of shape {own_mask.shape} does not fit kspace {shape}: it must be "
+                         f"({shape[1]},) (fastMRI's column mask) or {shape}.")
+    mask, origin = choose_mask(cfg, base, kspace[:, None], own_mask)
+    notes.append(f"mask: {origin}")
     outside = np.abs(kspace[:, ~mask]).max() if (~mask).any() else 0.0
     if outside > 0:
         notes.append("k-space outside the mask was non-zero: undersampled retrospectively with the mask")
