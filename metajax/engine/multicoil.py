@@ -178,9 +178,9 @@ def _loss(model, y, maps, mask, target, task):
 
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
-    steps: int = 900
+    steps: int = 700
     batch: int = 2
-    lr: float = 1e-4
+    lr: float = 3e-4
     omega_lr: float = 1e-2
     seed: int = 0
     val_every: int = 100
