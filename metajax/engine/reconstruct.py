@@ -231,6 +231,36 @@ def _png(path: Path, zero_filled: np.ndarray, recon: np.ndarray, title: str, lef
     plt.close(fig)
 
 
+def write_reconstruction(out_dir: Path, recon, zero_filled, mask, scales, method, check, fraction, attrs, maps=None,
+                         recon_size=None) -> Path:
+    """``reconstruction.h5``: ``reconstruction`` (S, H, W) float32 magnitude, ``reconstruction_complex``,
+    ``zero_filled``, ``mask``, ``scale``, ``method``, the self-check (``self_check/…``) and ``attrs``; for
+    multi-coil scans also ``maps`` (S, C, H, W) and, with an ISMRMRD recon size, ``reconstruction_cropped``."""
+    from metajax.data import center_crop
+
+    path = out_dir / "reconstruction.h5"
+    magnitude = np.abs(recon).astype(np.float32)
+    with h5py.File(path, "w") as f:
+        f["reconstruction"] = magnitude
+        f["reconstruction_complex"] = recon
+        f["zero_filled"] = zero_filled
+        f["mask"] = mask.astype(np.uint8)
+        f["scale"] = np.asarray(scales, np.float32)
+        f["method"] = method.astype("S5")
+        if maps is not None:
+            f["maps"] = maps
+        if recon_size is not None:
+            f["reconstruction_cropped"] = center_crop(magnitude, recon_size)  # (x = rows: readout, y)
+        if check is not None:
+            for key in ("score", "model", "zero_filled", "tv"):
+                f[f"self_check/{key}"] = check[key].astype(np.float32)
+            f["self_check/flag"] = check["flag"].astype(np.uint8)
+            f["self_check"].attrs.update({"fraction": fraction, "rule": "flag when the model's relative error on "
+                                          f"held-out k-space exceeds {TOLERANCE} × min(zero-filled, TV)"})
+        f.attrs.update(attrs)
+    return path
+
+
 def _fail(error) -> None:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
@@ -325,7 +355,8 @@ def _multicoil_main(cfg, path: Path, out_dir: Path, base: Path) -> None:
     attrs = {"model": source.label, "input": str(cfg.input), "sampling_ratio": ratio, "mask": origin,
              "maps": "maps_file" if cfg.maps_file else cfg.maps, "notes": "; ".join(notes), "fallback": cfg.fallback,
              "seconds_maps": maps_seconds, "seconds_reconstruction": recon_seconds}
-    written = scans.write(out_dir, recon, zero_filled, maps, mask, slice_scales, method, check, recon_size, attrs)
+    written = write_reconstruction(out_dir, recon, zero_filled, mask, slice_scales, method, check, cfg.check_fraction,
+                                   attrs, maps=maps, recon_size=recon_size)
     if cfg.png:
         for i in range(len(recon)):
             _png(out_dir / f"slice_{i:03d}.png", zero_filled[i], np.abs(recon[i]),
@@ -380,25 +411,12 @@ def reconstruct_main(cfg) -> None:
         if flagged.size and cfg.fallback == "tv":
             recon[flagged] = tv_slices(kspace[flagged], mask, scales[flagged])
             method[flagged] = "tv"
+    attrs = {"model": source.label + (" adapted to this file (self)" if cfg.adapt == "self" else ""),
+             "input": str(cfg.input), "sampling_ratio": ratio, "notes": "; ".join(notes), "fallback": cfg.fallback}
+    written = write_reconstruction(out_dir, recon, zero_filled, mask, scales, method, check, cfg.check_fraction, attrs)
     magnitude = np.abs(recon).astype(np.float32)
-    with h5py.File(out_dir / "reconstruction.h5", "w") as f:
-        f["reconstruction"] = magnitude
-        f["reconstruction_complex"] = recon
-        f["zero_filled"] = zero_filled
-        f["mask"] = mask.astype(np.uint8)
-        f["scale"] = scales.astype(np.float32)
-        f["method"] = method.astype("S5")
-        if check is not None:
-            for key in ("score", "model", "zero_filled", "tv"):
-                f[f"self_check/{key}"] = check[key].astype(np.float32)
-            f["self_check/flag"] = check["flag"].astype(np.uint8)
-            f["self_check"].attrs.update({"fraction": cfg.check_fraction, "rule": "flag when the model's relative "
-                                          f"error on held-out k-space exceeds {TOLERANCE} × min(zero-filled, TV)"})
-        f.attrs.update({"model": source.label + (" adapted to this file (self)" if cfg.adapt == "self" else ""),
-                        "input": str(cfg.input), "sampling_ratio": ratio,
-                        "notes": "; ".join(notes), "fallback": cfg.fallback})
     if cfg.png:
         for i in range(len(recon)):
             _png(out_dir / f"slice_{i:03d}.png", zero_filled[i], magnitude[i],
                  source.label if method[i] == "model" else "TV (self-check fallback)")
-    print(f"wrote {out_dir / 'reconstruction.h5'}" + (f" and {len(recon)} PNG(s)" if cfg.png else ""))
+    print(f"wrote {written}" + (f" and {len(recon)} PNG(s)" if cfg.png else ""))

@@ -25,7 +25,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import h5py
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -165,29 +164,3 @@ def reconstruct(model, kspace, mask, maps, slice_scales, log=print) -> np.ndarra
         out.append(np.asarray(x) * slice_scales[i])
         log(f"reconstructed slice {i + 1} of {len(kspace)} ({time.perf_counter() - tic:.1f} s)")
     return np.stack(out).astype(np.complex64)
-
-
-def write(out_dir: Path, recon, zero_filled, maps, mask, slice_scales, method, check, recon_size, attrs) -> Path:
-    """``reconstruction.h5``: ``reconstruction`` (S, H, W) magnitude, ``reconstruction_complex``, ``maps``,
-    ``zero_filled`` (RSS), ``mask``, ``scale``, ``method``, the self-check, and with a recon size
-    ``reconstruction_cropped`` (S, h, w)."""
-    from metajax.data import center_crop
-
-    path = out_dir / "reconstruction.h5"
-    magnitude = np.abs(recon).astype(np.float32)
-    with h5py.File(path, "w") as f:
-        f["reconstruction"] = magnitude
-        f["reconstruction_complex"] = recon
-        f["maps"] = maps
-        f["zero_filled"] = zero_filled
-        f["mask"] = mask.astype(np.uint8)
-        f["scale"] = slice_scales.astype(np.float32)
-        f["method"] = method.astype("S5")
-        if recon_size is not None:
-            f["reconstruction_cropped"] = center_crop(magnitude, recon_size)  # (x = rows: readout, y)
-        if check is not None:
-            for key in ("score", "model", "zero_filled", "tv"):
-                f[f"self_check/{key}"] = check[key].astype(np.float32)
-            f["self_check/flag"] = check["flag"].astype(np.uint8)
-        f.attrs.update(attrs)
-    return path

@@ -76,29 +76,26 @@ def _check(x, wavelet, levels):
     return levels
 
 
-def wavelet_transform(x, wavelet: str = "db4", levels: int = 4) -> jax.Array:
-    """``W x``: the orthonormal periodic 2-D DWT (module docstring) of (..., H, W) real or complex images."""
+def _apply(x, wavelet, levels, inverse):
+    """One orthogonal level matrix per axis on the nested low-low bands: finest first (``W``), or coarsest
+    first with the transposes (``W^T``)."""
     levels = _check(x, wavelet, levels)
     out = jnp.asarray(x)
     h, w = out.shape[-2:]
-    for level in range(levels):
+    for level in (reversed(range(levels)) if inverse else range(levels)):
         sh, sw = h >> level, w >> level
         mh = jnp.asarray(_analysis_matrix(sh, wavelet), jnp.finfo(out.dtype).dtype)
         mw = jnp.asarray(_analysis_matrix(sw, wavelet), jnp.finfo(out.dtype).dtype)
-        band = jnp.einsum("ij,...jk,lk->...il", mh, out[..., :sh, :sw], mw)
-        out = out.at[..., :sh, :sw].set(band)
+        spec = "ji,...jk,kl->...il" if inverse else "ij,...jk,lk->...il"
+        out = out.at[..., :sh, :sw].set(jnp.einsum(spec, mh, out[..., :sh, :sw], mw))
     return out
+
+
+def wavelet_transform(x, wavelet: str = "db4", levels: int = 4) -> jax.Array:
+    """``W x``: the orthonormal periodic 2-D DWT (module docstring) of (..., H, W) real or complex images."""
+    return _apply(x, wavelet, levels, inverse=False)
 
 
 def inverse_wavelet_transform(c, wavelet: str = "db4", levels: int = 4) -> jax.Array:
     """``W^T c = W^{-1} c``, the inverse (and adjoint) of :func:`wavelet_transform`."""
-    levels = _check(c, wavelet, levels)
-    out = jnp.asarray(c)
-    h, w = out.shape[-2:]
-    for level in reversed(range(levels)):
-        sh, sw = h >> level, w >> level
-        mh = jnp.asarray(_analysis_matrix(sh, wavelet), jnp.finfo(out.dtype).dtype)
-        mw = jnp.asarray(_analysis_matrix(sw, wavelet), jnp.finfo(out.dtype).dtype)
-        band = jnp.einsum("ji,...jk,kl->...il", mh, out[..., :sh, :sw], mw)
-        out = out.at[..., :sh, :sw].set(band)
-    return out
+    return _apply(c, wavelet, levels, inverse=True)
