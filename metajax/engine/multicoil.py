@@ -270,6 +270,8 @@ def train(model, train_set: SimulatedSet, val_set: SimulatedSet, out_dir: Path, 
                 + " / ".join(f"{p:.2f}" for p in per_task) + f" ({time.perf_counter() - tic:.0f} s)")
         if done % settings.checkpoint_every == 0 or done == settings.steps:
             eqx.tree_serialise_leaves(ckpt, (model, opt_state))
+            history["seconds"] = history.get("seconds", 0.0) + time.perf_counter() - tic
+            tic = time.perf_counter()
             meta.write_text(json.dumps({"step": done, "history": history, "best_psnr": best[0]}))
     return (best[1] if best[1] is not None else model), history
 
