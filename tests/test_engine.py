@@ -396,7 +396,8 @@ def _multicoil_scan(path, slices=(85, 86), coils=8, header=True):
 
 def test_reconstruct_multicoil_scans_end_to_end(tmp_path):
     """A simulated fastMRI multi-coil file undersampled retrospectively (mask_family=…): ESPIRiT maps, the shipped
-    multi-coil model, RSS-scale output well above zero-filled RSS, the self-check, the recon-size crop."""
+    multi-coil model, RSS-scale output above zero-filled RSS on every slice by more than 3 dB (the card's worst
+    test slice on fastMRI's masks: +3.3 dB), the self-check, the recon-size crop."""
     import h5py
 
     from metajax import metrics, pretrained
@@ -416,7 +417,7 @@ def test_reconstruct_multicoil_scans_end_to_end(tmp_path):
         assert list(f["method"][()]) == [b"model"] * 2 and not f["self_check/flag"][()].any()
     assert recon.shape == (2, 256, 256) and recon.dtype == np.float32
     gain = np.asarray(metrics.psnr(recon, truth)) - np.asarray(metrics.psnr(zero_filled, truth))
-    assert np.all(gain > 5.0), gain
+    assert np.all(gain > 3.0), gain
 
 
 def test_reconstruct_multicoil_rejects_what_does_not_fit_before_work(tmp_path):

@@ -373,6 +373,7 @@ def reconstruct_main(cfg) -> None:
     try:
         from metajax.engine.scans import is_bart, is_multicoil_file
 
+        check_options(cfg)
         if is_bart(path):
             for suffix in (".hdr", ".cfl"):
                 if not path.with_suffix(suffix).is_file():
@@ -382,7 +383,7 @@ def reconstruct_main(cfg) -> None:
             raise FileNotFoundError(f"`input`: {str(path)!r} " + ("is a directory, not a file." if path.is_dir()
                                                                    else "does not exist."))
         multicoil = is_multicoil_file(path)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, TypeError) as error:
         _fail(error)
     if multicoil:
         return _multicoil_main(cfg, path, out_dir, base)
