@@ -36,6 +36,18 @@ def time_call(fn, *args, repeats: int = 10) -> float:
     return statistics.median(samples)
 
 
+def round_robin(runs: dict, repeats: int) -> dict[str, list[float]]:
+    """Wall-clock seconds of every ``runs[name]()`` over ``repeats`` rounds, one call of each per round (so a busy
+    machine slows all of them alike); call each once before, to warm up."""
+    samples = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return samples
+
+
 def peak_rss_growth(fn) -> float:
     """MiB by which the process's peak resident set grows while ``fn`` runs (Linux: VmHWM reset via clear_refs)."""
     def status(field):

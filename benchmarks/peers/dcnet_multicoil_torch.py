@@ -22,7 +22,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import equinox as eqx
@@ -31,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import peak_rss_growth, write  # noqa: E402
+from common import peak_rss_growth, round_robin, write  # noqa: E402
 
 from metajax import data, masks  # noqa: E402
 from metajax.bilevel import TaskWeighted  # noqa: E402
@@ -195,12 +194,7 @@ def main() -> None:
     for fn in runs.values():
         fn()
     memory = {"PyTorch eager": peak_rss_growth(runs["PyTorch eager"])}
-    samples = {name: [] for name in runs}
-    for _ in range(args.repeats):
-        for name, fn in runs.items():
-            tic = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - tic)
+    samples = round_robin(runs, args.repeats)
     reference = statistics.median(samples["PyTorch eager"])
     rows = [{"variant": name, "step_s": statistics.median(t), "images_per_s": 2 / statistics.median(t),
              "vs_pytorch": reference / statistics.median(t), "memory_MiB": memory.get(name, float("nan"))}

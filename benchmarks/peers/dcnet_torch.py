@@ -30,7 +30,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import equinox as eqx
@@ -39,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import peak_rss_growth, write  # noqa: E402
+from common import peak_rss_growth, round_robin, write  # noqa: E402
 
 from metajax import bilevel, data  # noqa: E402
 from metajax.models import LOA, DCNet  # noqa: E402
@@ -191,12 +190,7 @@ def main() -> None:
     for fn in runs.values():  # warm-up
         fn()
     memory["DCNet shipped, PyTorch eager"] = peak_rss_growth(t_step)
-    samples = {name: [] for name in runs}
-    for _ in range(args.repeats):
-        for name, fn in runs.items():
-            tic = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - tic)
+    samples = round_robin(runs, args.repeats)
     reference = statistics.median(samples["DCNet shipped, lax.map"])
     rows = []
     for name, times in samples.items():
