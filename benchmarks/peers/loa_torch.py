@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import peak_rss_growth, write  # noqa: E402
+from common import peak_rss_growth, round_robin, write  # noqa: E402
 
 from metajax import data, masks  # noqa: E402
 from metajax.adjoint import MLM, Autodiff  # noqa: E402
@@ -297,12 +297,7 @@ def timing(net, size, batch, rounds, variants) -> list[dict]:
     torch_fn()  # warm-up
     steps["pytorch-eager"] = torch_fn
     rows["pytorch-eager"] = {"compile_s": 0.0, "memory_MiB": peak_rss_growth(torch_fn), "memory_kind": "peak RSS growth"}
-    samples = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, fn in steps.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - start)
+    samples = round_robin(steps, rounds)
     torch_s = statistics.median(samples["pytorch-eager"])
     out = []
     for name, row in rows.items():
