@@ -19,20 +19,18 @@ from metajax.bilevel import (
     TaskWeights,
     TaskWeightsParams,
     adapt,
-    conjugate_gradient,
     init,
     group_losses,
     join_task_weights,
     measurement_loss,
     meta_gradient,
     meta_step,
-    neumann_series,
     sample_batch,
     split_task_weights,
     supervised_loss,
     task_mean_gradient,
 )
-from metajax.bilevel.linear_solve import CONVERGED, MAX_ITERS, NEGATIVE_CURVATURE, NONFINITE
+from metajax.linear_solve import CONVERGED
 from metajax.models import LOA
 from metajax.operators import Inpainting, SingleCoilMRI
 
@@ -41,64 +39,6 @@ def _rel(a, b):
     a, b = jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(a)]), jnp.concatenate(
         [jnp.ravel(x) for x in jax.tree.leaves(b)])
     return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
-
-
-# ------------------------------------------------------------------ linear solvers vs dense linear algebra
-
-
-def test_cg_matches_dense_solve_on_spd_pytree(x64):
-    rng = np.random.default_rng(0)
-    m = rng.standard_normal((7, 7))
-    a = jnp.asarray(m @ m.T + 0.5 * np.eye(7))
-    b = {"u": jnp.asarray(rng.standard_normal(3)), "v": jnp.asarray(rng.standard_normal((2, 2)))}
-    flat = lambda t: jnp.concatenate([t["u"], t["v"].ravel()])  # noqa: E731
-    unflat = lambda z: {"u": z[:3], "v": z[3:].reshape(2, 2)}  # noqa: E731
-    x, info = conjugate_gradient(lambda t: unflat(a @ flat(t)), b, tol=1e-12, max_iters=50)
-    assert int(info["status"]) == CONVERGED and int(info["iterations"]) <= 8  # exact in ≤ n steps
-    np.testing.assert_allclose(flat(x), np.linalg.solve(np.asarray(a), np.asarray(flat(b))), rtol=1e-10)
-    assert float(info["residual"]) <= 1e-12
-    # Every iterate is a real CG iterate: two iterations equal the Krylov-space minimiser of the A-norm error.
-    x2, info2 = conjugate_gradient(lambda t: unflat(a @ flat(t)), b, tol=1e-14, max_iters=2)
-    bb = np.asarray(flat(b))
-    krylov = np.stack([bb, np.asarray(a) @ bb], axis=1)
-    coeff = np.linalg.solve(krylov.T @ np.asarray(a) @ krylov, krylov.T @ bb)
-    np.testing.assert_allclose(flat(x2), krylov @ coeff, rtol=1e-9)
-    assert int(info2["status"]) == MAX_ITERS
-
-
-def test_cg_reports_negative_curvature_and_nonfinite_instead_of_nan(x64):
-    a = jnp.diag(jnp.array([2.0, -1.0, 3.0]))
-    b = jnp.array([1.0, 1.0, 1.0])
-    x, info = conjugate_gradient(lambda v: a @ v, b, tol=1e-10, max_iters=10)
-    assert int(info["status"]) == NEGATIVE_CURVATURE
-    assert bool(jnp.all(jnp.isfinite(x))) and np.isfinite(float(info["residual"]))
-    x, info = conjugate_gradient(lambda v: a @ v, b.at[0].set(jnp.nan), tol=1e-10, max_iters=10)
-    assert int(info["status"]) == NONFINITE and bool(jnp.all(x == 0))
-    x, info = conjugate_gradient(lambda v: jnp.where(jnp.sum(v) > 0, jnp.nan, 1.0) * v, b, tol=1e-10, max_iters=10)
-    assert int(info["status"]) == NONFINITE and bool(jnp.all(jnp.isfinite(x)))
-    # Under vmap each member stops on its own test.
-    xs, infos = jax.vmap(lambda s: conjugate_gradient(lambda v: (a * s) @ v, b, tol=1e-10, max_iters=10))(
-        jnp.array([1.0, -1.0]))
-    assert infos["status"].tolist() == [NEGATIVE_CURVATURE, NEGATIVE_CURVATURE]
-    ys, infos = jax.vmap(lambda s: conjugate_gradient(lambda v: s * v, b, tol=1e-10, max_iters=10))(
-        jnp.array([2.0, -1.0]))
-    assert infos["status"].tolist() == [CONVERGED, NEGATIVE_CURVATURE]
-    np.testing.assert_allclose(ys[0], b / 2)
-
-
-def test_neumann_series_converges_to_dense_solve(x64):
-    rng = np.random.default_rng(1)
-    q, _ = np.linalg.qr(rng.standard_normal((5, 5)))
-    a = jnp.asarray(q @ np.diag([1.0, 1.2, 1.5, 1.8, 2.0]) @ q.T)
-    b = jnp.asarray(rng.standard_normal(5))
-    x, info = neumann_series(lambda v: a @ v, b, step=0.6, terms=80, tol=1e-10)
-    np.testing.assert_allclose(x, np.linalg.solve(np.asarray(a), np.asarray(b)), rtol=1e-9)
-    assert int(info["status"]) == CONVERGED
-    _, info = neumann_series(lambda v: a @ v, b, step=0.6, terms=3, tol=1e-10)
-    assert int(info["status"]) == MAX_ITERS
-
-
-# ------------------------------------------------------------------ ridge regression: closed-form hypergradient
 
 
 def ridge_problem(seed=0):

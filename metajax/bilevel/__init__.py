@@ -19,7 +19,7 @@ from metajax.bilevel.base import (
 )
 from metajax.bilevel.implicit import Implicit
 from metajax.bilevel.inner import adapt
-from metajax.bilevel.linear_solve import conjugate_gradient, neumann_series
+from metajax.linear_solve import conjugate_gradient, neumann_series
 from metajax.bilevel.losses import (
     Splitting,
     TaskBatch,

@@ -28,7 +28,7 @@ import optax
 from metajax._validation import check_positive, check_positive_int
 from metajax.bilevel.base import BilevelMethod
 from metajax.bilevel.inner import adapt, check_optimizer
-from metajax.bilevel.linear_solve import STATUS_NAMES, conjugate_gradient, neumann_series, tree_axpy
+from metajax.linear_solve import STATUS_NAMES, conjugate_gradient, neumann_series, tree_axpy
 
 
 class Implicit(BilevelMethod):
@@ -52,7 +52,7 @@ class Implicit(BilevelMethod):
     ``info``: ``inner_loss`` (L_in(θ)), ``inner_objective`` (the proximal objective
     at the last inner step), ``outer_loss`` (L_out(φ*)), ``residual``,
     ``iterations`` and ``status`` of the solve (see
-    :mod:`metajax.bilevel.linear_solve`: 0 converged, 1 max iterations, 2
+    :mod:`metajax.linear_solve`: 0 converged, 1 max iterations, 2
     negative curvature, 3 non-finite).
     """
 

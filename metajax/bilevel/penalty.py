@@ -37,7 +37,7 @@ import optax
 
 from metajax._validation import check_positive, check_positive_int
 from metajax.bilevel.base import BilevelMethod, meta_gradient
-from metajax.bilevel.linear_solve import tree_vdot
+from metajax.linear_solve import tree_vdot
 
 
 class PenaltyState(eqx.Module):

@@ -1,7 +1,6 @@
 """Reconstruction models: classical baselines and unrolled learned networks (LOA, PDNet)."""
 
 from metajax.models.classical import (
-    conjugate_gradient_solve,
     finite_difference,
     finite_difference_adjoint,
     operator_norm,
@@ -22,7 +21,6 @@ __all__ = [
     "tv_reconstruction",
     "sense_reconstruction",
     "l1_wavelet_reconstruction",
-    "conjugate_gradient_solve",
     "zero_filled",
     "DCNet",
     "DCParams",

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metajax._validation import check_finite, check_positive_int, is_concrete
+from metajax.linear_solve import conjugate_gradient
 from metajax.operators.base import LinearOperator
 from metajax.operators.wavelet import inverse_wavelet_transform, wavelet_transform
 
@@ -124,34 +125,12 @@ def _check_classical(y, weight, iterations) -> int:
     return check_positive_int("iterations", iterations)
 
 
-def conjugate_gradient_solve(apply, rhs, x0, iterations: int):
-    """``iterations`` conjugate-gradient steps on ``apply(x) = rhs`` (Hermitian positive semi-definite
-    ``apply`` on complex images, real inner product ``Re⟨a, b⟩``) from ``x0``; a fixed count, so it is
-    differentiable and jit-friendly. Directions of zero curvature stop moving instead of dividing by zero."""
-
-    def vdot(a, b):
-        return jnp.sum(jnp.real(jnp.conj(a) * b))
-
-    def body(_, carry):
-        x, r, p, rr = carry
-        ap = apply(p)
-        step = rr / jnp.maximum(vdot(p, ap), jnp.finfo(rr.dtype).tiny)
-        x, r = x + step * p, r - step * ap
-        rr_new = vdot(r, r)
-        return x, r, r + (rr_new / jnp.maximum(rr, jnp.finfo(rr.dtype).tiny)) * p, rr_new
-
-    r0 = rhs - apply(x0)
-    x, *_ = jax.lax.fori_loop(0, iterations, body, (x0, r0, r0, vdot(r0, r0)))
-    return x
-
-
 @eqx.filter_jit
 def _sense_batched(operator, y, weight, iterations):
     def one(y, weight):
         rhs = operator.adjoint(y)
         weight = weight.astype(jnp.finfo(rhs.dtype).dtype)
-        return conjugate_gradient_solve(lambda v: operator.normal(v) + weight * v, rhs, jnp.zeros_like(rhs),
-                                        iterations)
+        return conjugate_gradient(lambda v: operator.normal(v) + weight * v, rhs, tol=0.0, max_iters=iterations)[0]
 
     return _batched(one, operator, y, weight)
 

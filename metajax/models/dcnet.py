@@ -41,7 +41,7 @@ import jax.numpy as jnp
 
 from metajax._validation import check_measurements, check_positive, check_positive_int, check_task_weight
 from metajax.adjoint import Autodiff, unroll
-from metajax.models.classical import conjugate_gradient_solve
+from metajax.linear_solve import conjugate_gradient
 from metajax.models.convolution import conv2d
 from metajax.models.layers import hwio, xavier_uniform
 from metajax.models.loa import positive, positive_inverse
@@ -116,7 +116,8 @@ def data_consistency(operator: LinearOperator, y: jax.Array, z: jax.Array, mu: j
     if isinstance(operator, SingleCoilMRI):
         k = fft2c(z)
         return ifft2c(jnp.where(operator.mask, (y + mu * k) / (1 + mu), k))
-    return conjugate_gradient_solve(lambda v: operator.normal(v) + mu * v, operator.adjoint(y) + mu * z, z, cg_iters)
+    return conjugate_gradient(lambda v: operator.normal(v) + mu * v, operator.adjoint(y) + mu * z, z, tol=0.0,
+                              max_iters=cg_iters)[0]
 
 
 class DCPhase(eqx.Module):
