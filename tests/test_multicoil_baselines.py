@@ -109,4 +109,4 @@ def test_lambda_tuning_widens_the_grid_past_an_edge():
     lam, record = multicoil.tune(solve, [1e-3, 1e-2], multicoil.first_images(data_, 1), [jnp.ones((8, 8), bool)])
     assert lam == pytest.approx(0.1) and not record["at_edge"]
     assert record["grid"] == pytest.approx([1e-3, 1e-2, 1e-1, 1.0])
-    assert np.argmax(record["psnr"]) == 2
+    assert np.argmax(record["scores"]) == 2

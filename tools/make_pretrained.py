@@ -88,7 +88,7 @@ def table(exp, method, tv_iterations: int, tune_images: int, baselines=None):
                                       log=lambda m: print(m, flush=True), labels=task_labels(exp.cfg.tasks))
         reused = [r for r in baselines[0] if r["method"] in ("zero-filled", "TV")]
         return [{k: r[k] for k in keep} for r in rows] + reused, baselines[1]
-    weights = evaluation.tune_tv(exp.tasks, exp.cfg.trainer.seed, TV_WEIGHTS, tv_iterations, tune_images)
+    weights, _ = evaluation.tune_tv(exp.tasks, exp.cfg.trainer.seed, TV_WEIGHTS, tv_iterations, tune_images)
     methods = {**method(), "zero-filled": evaluation.zero_filled_method,
                "TV": evaluation.tv_method(weights, tv_iterations)}
     rows, _ = evaluation.evaluate(methods, exp.tasks, exp.cfg.tasks.ratios, "test", exp.cfg.trainer.seed,

@@ -81,6 +81,8 @@ def _report(out_dir: Path, rows, images, ratios, cfg, title: str, extra: dict | 
     if not distributed.is_writer():
         return
     table = evaluation.markdown(rows, title)
+    if extra and extra.get("tv_tuning"):
+        table += "\n" + evaluation.tuning_note(extra["tv_tuning"], task_labels(cfg.tasks)) + "\n"
     (out_dir / "results.md").write_text(table)
     (out_dir / "results.csv").write_text(evaluation.to_csv(rows))
     overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
@@ -120,8 +122,8 @@ def conventional_config(cfg):
 def _baseline_methods(cfg, exp: Experiment, out_dir: Path, meta_seconds: float | None):
     """Zero-filled, TV (λ tuned per task on validation) and conventional training of the same network."""
     _log(f"tuning TV on the validation split ({len(cfg.eval.tv_weights)} weights × {exp.num_tasks} tasks) ...")
-    weights = evaluation.tune_tv(exp.tasks, cfg.trainer.seed, list(cfg.eval.tv_weights), cfg.eval.tv_iterations,
-                                 cfg.eval.tv_tune_images, log=_log)
+    weights, tuning = evaluation.tune_tv(exp.tasks, cfg.trainer.seed, list(cfg.eval.tv_weights),
+                                         cfg.eval.tv_iterations, cfg.eval.tv_tune_images, log=_log)
     methods = {"zero-filled": evaluation.zero_filled_method,
                "TV": evaluation.tv_method(weights, cfg.eval.tv_iterations)}
     conv_cfg = conventional_config(cfg)
@@ -132,7 +134,7 @@ def _baseline_methods(cfg, exp: Experiment, out_dir: Path, meta_seconds: float |
     trained = conv.model(result["params"])
     name = "conventional (per task)" if conv_cfg.solver.per_task else "conventional"
     methods[name] = evaluation.network_method(lambda i: conv.task_model(trained, i))
-    return methods, {"tv_weights": weights, "conventional_steps": conv_cfg.trainer.steps,
+    return methods, {"tv_weights": weights, "tv_tuning": tuning, "conventional_steps": conv_cfg.trainer.steps,
                      "conventional_batch": conv_cfg.trainer.batch,
                      "meta_steps": None if meta_seconds is None else cfg.trainer.steps,
                      "meta_train_seconds": meta_seconds, "conventional_train_seconds": result["train_seconds"]}

@@ -60,19 +60,69 @@ def zero_filled_method(i, operator, y):
     return zero_filled(operator, y)
 
 
-def tune_tv(tasks, seed: int, weights, iterations: int, images: int = 0, log=None) -> list[float]:
-    """Per task, the TV weight λ with the best mean PSNR on the validation split (its first ``images``; 0: all)."""
-    best = []
+def widened_search(score, grid, max_widenings: int = 3, log=None) -> tuple[float, dict]:
+    """The value of ``grid`` (positive, at least two) with the highest ``score(value)``, never at an edge of what
+    was tried: while the best value is the smallest (largest) tried, the grid is extended past it by its end
+    ratio (``min²/next``, ``max²/previous``), at most ``max_widenings`` times (``record["at_edge"]`` says when
+    they ran out). Returns ``(best, record)``, ``record = {"grid", "scores", "chosen", "widened", "at_edge"}``
+    with every value tried in increasing order and its score."""
+    grid = sorted(float(v) for v in grid)
+    if len(grid) < 2 or grid[0] <= 0:
+        raise ValueError(f"a tuning grid needs at least two positive values; got {grid}.")
+    tried: dict[float, float] = {}
+    widened = 0
+    while True:
+        for value in grid:
+            if value not in tried:
+                tried[value] = float(score(value))
+        order = sorted(tried)
+        best = max(order, key=tried.get)
+        if widened == max_widenings or best not in (order[0], order[-1]):
+            break
+        grid = [best * order[0] / order[1]] if best == order[0] else [best * order[-1] / order[-2]]
+        widened += 1
+        if log is not None:
+            log(f"  λ = {best:g} is at the edge of {[f'{v:g}' for v in order]}: widening to {grid[0]:g}")
+    return best, {"grid": order, "scores": [tried[v] for v in order], "chosen": best, "widened": widened,
+                  "at_edge": best in (order[0], order[-1])}
+
+
+def tune_tv(tasks, seed: int, weights, iterations: int, images: int = 0, log=None,
+            max_widenings: int = 3) -> tuple[list[float], list[dict]]:
+    """Per task, the TV weight λ with the best mean PSNR on the validation split (its first ``images``; 0: all),
+    by :func:`widened_search` from the grid ``weights`` (a single weight is used as given, untuned). Returns
+    ``(weights, records)``: the chosen λ per task and :func:`widened_search`'s record of each."""
+    weights = sorted(float(w) for w in weights)
+    best, records = [], []
     for i, (operator, x, y) in enumerate(measurements(tasks, "val", seed)):
         if images:
             x, y = x[:images], y[:images]
-        scores = {w: float(jnp.mean(metrics.psnr(jnp.abs(tv_reconstruction(operator, y, w, iterations)), jnp.abs(x))))
-                  for w in weights}
-        best.append(max(scores, key=scores.get))
+
+        def score(w):
+            return jnp.mean(metrics.psnr(jnp.abs(tv_reconstruction(operator, y, w, iterations)), jnp.abs(x)))
+
+        if len(weights) == 1:
+            choice, record = weights[0], {"grid": weights, "scores": [float(score(weights[0]))],
+                                          "chosen": weights[0], "widened": 0, "at_edge": True}
+        else:
+            choice, record = widened_search(score, weights, max_widenings, log)
+        best.append(choice)
+        records.append(record)
         if log is not None:
-            log(f"TV task {i}: λ = {best[-1]:g} (validation PSNR " + ", ".join(
-                f"{w:g}: {v:.2f}" for w, v in scores.items()) + ")")
-    return best
+            log(f"TV task {i}: λ = {choice:g} (validation PSNR " + ", ".join(
+                f"{w:g}: {v:.2f}" for w, v in zip(record["grid"], record["scores"])) + ")"
+                + (" — still at the edge of the widened grid" if record["at_edge"] and len(weights) > 1 else ""))
+    return best, records
+
+
+def tuning_note(records, labels) -> str:
+    """One markdown line per task of :func:`tune_tv`'s records: the chosen λ, the range tried, the widenings."""
+    lines = ["TV λ per task (best mean validation PSNR; the grid is widened past a winning edge):", ""]
+    for label, r in zip(labels, records):
+        edge = " — at the edge of what was tried" if r["at_edge"] else ""
+        lines.append(f"- {label}: λ = {r['chosen']:g} of {len(r['grid'])} weights in [{r['grid'][0]:g}, "
+                     f"{r['grid'][-1]:g}] (widened {r['widened']}×){edge}")
+    return "\n".join(lines)
 
 
 def tv_method(weights, iterations: int):

@@ -311,25 +311,10 @@ def solve_set(solve, data: SimulatedSet, fixed_masks, weight) -> np.ndarray:
 
 
 def tune(solve, grid, data: SimulatedSet, fixed_masks, max_widenings: int = 3, log=print) -> tuple[float, dict]:
-    """λ with the best mean validation PSNR on ``data`` (one task); the grid is widened by its end ratio past
-    whichever end wins, up to ``max_widenings`` times, so the choice is never at an edge of what was tried (unless
-    the widenings run out, which the returned record says). Returns ``(λ, {"grid", "psnr", "chosen", "at_edge"})``."""
-    tried: dict[float, float] = {}
-    grid = sorted(grid)
-    for _ in range(max_widenings + 1):
-        for lam in grid:
-            if lam not in tried:
-                tried[lam] = float(scores(solve_set(solve, data, fixed_masks, lam), data.rss)[0].mean())
-        order = sorted(tried)
-        best = max(order, key=tried.get)
-        if best == order[0] and best > 0:
-            grid = [best / (order[1] / order[0])]
-        elif best == order[-1]:
-            grid = [best * (order[-1] / order[-2])]
-        else:
-            break
-        log(f"  λ = {best:g} at the edge of {order}: widening to {grid[0]:g}")
-    order = sorted(tried)
-    best = max(order, key=tried.get)
-    return best, {"grid": order, "psnr": [tried[v] for v in order], "chosen": best,
-                  "at_edge": best in (order[0], order[-1])}
+    """λ with the best mean validation PSNR on ``data`` (one task), by
+    :func:`metajax.engine.evaluation.widened_search` (the grid is widened past whichever end wins, so the choice
+    is never at an edge of what was tried unless the widenings run out, which the record says)."""
+    from metajax.engine.evaluation import widened_search
+
+    return widened_search(lambda lam: scores(solve_set(solve, data, fixed_masks, lam), data.rss)[0].mean(), grid,
+                          max_widenings, log)

@@ -40,6 +40,7 @@ import numpy as np
 import optax
 
 from metajax import bilevel, data, masks, metrics
+from metajax.engine.evaluation import widened_search
 from metajax.engine.reproductions.common import Stopwatch, pyplot, write_results
 from metajax.models import PDNet, tv_reconstruction
 from metajax.operators import (
@@ -238,9 +239,8 @@ def baselines(c, task):
     op, (x, y), (xt, yt) = task
     n = c.finetune_images
     adjoint = lambda o, v: o.adjoint(v)  # noqa: E731
-    scores = {w: float(np.mean(np.asarray(metrics.psnr(jnp.abs(tv_reconstruction(op, y[:n], w)), jnp.abs(x[:n])))))
-              for w in c.tv_weights}
-    best = max(scores, key=scores.get)
+    best, _ = widened_search(lambda w: np.mean(np.asarray(metrics.psnr(jnp.abs(tv_reconstruction(op, y[:n], w)),
+                                                                        jnp.abs(x[:n])))), c.tv_weights)
     return {"adjoint (zero-filled)": float(np.mean(test_psnr(adjoint, op, xt, yt))),
             f"TV (λ = {best:g})": float(np.mean(np.asarray(metrics.psnr(jnp.abs(tv_reconstruction(op, yt, best)),
                                                                          jnp.abs(xt)))))}
