@@ -128,8 +128,8 @@ def check_positive_int(name: str, value) -> int:
 
 
 def check_positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-        raise ValueError(f"`{name}` must be a positive real number; got {value!r}.")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < float("inf"):
+        raise ValueError(f"`{name}` must be a positive finite real number; got {value!r}.")
     return float(value)
 
 
@@ -147,11 +147,25 @@ def check_key(name: str, key) -> None:
         )
 
 
-def require_file(name: str, path) -> Path:
-    """``path`` as a Path, raising FileNotFoundError (naming the argument) if it is not a file."""
+def require_file(name: str, path, what: str = "file") -> Path:
+    """``path`` as a Path, raising FileNotFoundError (naming the argument, and saying whether ``path`` is missing
+    or a directory) if it is not a file."""
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"`{name}`: {str(path)!r} is a directory; expected a {what}.")
     if not path.is_file():
-        raise FileNotFoundError(f"`{name}`: file {str(path)!r} does not exist.")
+        raise FileNotFoundError(f"`{name}`: {what} {str(path)!r} does not exist.")
+    return path
+
+
+def require_dir(name: str, path, what: str = "directory") -> Path:
+    """``path`` as a Path, raising FileNotFoundError (naming the argument, and saying whether ``path`` is missing
+    or a file) if it is not a directory."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileNotFoundError(f"`{name}`: {str(path)!r} is a file; expected a {what}.")
+    if not path.is_dir():
+        raise FileNotFoundError(f"`{name}`: {what} {str(path)!r} does not exist.")
     return path
 
 
@@ -166,9 +180,10 @@ def open_hdf5(name: str, path):
         raise ValueError(f"`{name}`: {str(path)!r} is not a readable HDF5 file ({error}).") from None
 
 
-def check_measurements(operator, y) -> None:
+def check_measurements(operator, y) -> jax.Array:
     """``y`` holds the measurements of *one* image under ``operator`` (batches go through ``jax.vmap``), and
-    no NaN/Inf (when concrete)."""
+    no NaN/Inf: checked at once when concrete, and when its values exist (``eqx.error_if``, naming ``y``) when
+    traced. Returns ``y`` (with the traced check attached)."""
     check_inexact("y", y)
     try:
         image = jax.eval_shape(operator.adjoint, jax.ShapeDtypeStruct(jnp.shape(y), jnp.result_type(y)))
@@ -178,7 +193,34 @@ def check_measurements(operator, y) -> None:
         raise ValueError(f"`y` of shape {tuple(jnp.shape(y))} gives an image of shape {image.shape} under "
                          f"`operator.adjoint`; the network reconstructs one (H, W) image: map over a batch with "
                          "`jax.vmap(lambda v: net(operator, v))(ys)`.")
-    check_finite("y", y)
+    if is_concrete(y):
+        check_finite("y", y)
+        return y
+    return eqx.error_if(y, ~jnp.all(jnp.isfinite(y)), "`y` (the measurements) contains NaN/Inf values.")
+
+
+SUPPORTED_FLOATS = ("float32", "float64")
+
+
+def check_float_dtype(name: str, dtype) -> None:
+    """A model's parameter dtype: float32 or float64 (float16/bfloat16 lose the gradients' precision and the
+    complex FFTs have no half-precision form)."""
+    try:
+        ok = jnp.dtype(dtype).name in SUPPORTED_FLOATS
+    except TypeError:
+        ok = False
+    if not ok:
+        raise TypeError(f"`{name}` must be float32 or float64; got {dtype!r}.")
+
+
+def check_model_precision(model) -> None:
+    """Every floating-point parameter of ``model`` is float32/float64 (complex64/complex128): a network cast to
+    float16 or bfloat16 is refused by name before any computation."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(model)[0]:
+        if eqx.is_inexact_array(leaf) and jnp.finfo(leaf.dtype).dtype.name not in SUPPORTED_FLOATS:
+            raise TypeError(f"the model's parameter {jax.tree_util.keystr(path)} has dtype {leaf.dtype}; metajax "
+                            "models run in float32 or float64 (cast with `jax.tree.map(lambda a: a.astype("
+                            "jnp.float32) if eqx.is_inexact_array(a) else a, model)`).")
 
 
 def check_task_weight(omega, dtype):

@@ -43,6 +43,14 @@ def _data_range(ref, data_range) -> jax.Array:
     check_finite("data_range", data_range)
     if is_concrete(data_range) and np.any(np.asarray(data_range) <= 0):
         raise ValueError(f"`data_range` must be positive; got {data_range}.")
+    batch_shape = tuple(jnp.shape(ref))[:-2]
+    try:
+        fits = np.broadcast_shapes(jnp.shape(data_range), batch_shape) == batch_shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"`data_range` of shape {tuple(jnp.shape(data_range))} must be a scalar or broadcast to the "
+                         f"{batch_shape} images of `ref` (one peak per image).")
     return jnp.asarray(data_range)
 
 

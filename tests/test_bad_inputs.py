@@ -188,6 +188,10 @@ METRICS = [
     ("ssim NaN input", lambda t: metrics.ssim(REF.at[0, 0, 0].set(jnp.inf), REF), ValueError, "`x`"),
     ("nmse all-zero reference", lambda t: metrics.nmse(REF, jnp.zeros_like(REF)), ValueError, "`ref`"),
     ("evaluate_volume of one image", lambda t: metrics.evaluate_volume(REF[0], REF[0]), ValueError, "target"),
+    ("psnr data_range of another length", lambda t: metrics.psnr(REF, REF * 0.5, data_range=jnp.ones(3)), ValueError,
+     "data_range"),
+    ("ssim data_range of another length", lambda t: metrics.ssim(REF, REF * 0.5, data_range=jnp.ones(3)), ValueError,
+     "data_range"),
 ]
 
 DATA = [
@@ -255,6 +259,10 @@ DATA = [
                                                                    data.Task(OP, X[:1], X, X)]), ValueError, "tasks"),
 ]
 
+def _half(model):
+    return jax.tree.map(lambda a: a.astype(jnp.float16) if eqx.is_inexact_array(a) else a, model)
+
+
 MODELS = [
     ("LOA NaN measurements", lambda t: LOA_NET(OP, NAN_Y, 0.0), ValueError, "`y`"),
     ("LOA batched measurements", lambda t: LOA_NET(OP, OP(X), 0.0), ValueError, "jax.vmap"),
@@ -286,6 +294,18 @@ MODELS = [
      ValueError, "levels"),
     ("l1_wavelet_reconstruction NaN weight", lambda t: l1_wavelet_reconstruction(OP, Y, jnp.nan), ValueError,
      "weight"),
+    ("tv_reconstruction one weight too many for the batch",
+     lambda t: tv_reconstruction(OP, jnp.stack([Y, Y]), jnp.full(3, 1e-3)), ValueError, "weight"),
+    ("sense_reconstruction weights of another length",
+     lambda t: sense_reconstruction(OP, jnp.stack([Y, Y]), jnp.full(3, 1e-3)), ValueError, "weight"),
+    ("LOA integer key", lambda t: LOA(0, 2), TypeError, "key"),
+    ("DCNet integer key", lambda t: DCNet(0, 2), TypeError, "key"),
+    ("PDNet integer key", lambda t: PDNet(0, 2), TypeError, "key"),
+    ("LOA float16", lambda t: LOA(KEY, 2, dtype=jnp.float16), TypeError, "dtype"),
+    ("DCNet bfloat16", lambda t: DCNet(KEY, 2, dtype=jnp.bfloat16), TypeError, "dtype"),
+    ("DCNet cast to float16, then called", lambda t: _half(DC_NET)(OP, Y), TypeError, "float16"),
+    ("LOA cast to float16, then called", lambda t: _half(LOA_NET)(OP, Y, 0.0), TypeError, "float16"),
+    ("PDNet cast to float16, then called", lambda t: _half(PD_NET)(OP, Y), TypeError, "float16"),
 ]
 
 MULTICOIL = [
@@ -342,6 +362,15 @@ def _batch(task_ids):
     return bilevel.sample_batch(_stacked_tasks(), KEY, "train", 1, task_ids=task_ids)
 
 
+_SHARED_THETA, _SHARED_STATIC = eqx.partition(bilevel.Shared(LOA_NET), eqx.is_inexact_array)
+_SUP = lambda p, b: bilevel.supervised_loss(eqx.combine(p, _SHARED_STATIC), b)  # noqa: E731
+_RIDGE_DICT = lambda p, a: jnp.sum((p["w"] - a["t"]) ** 2)  # noqa: E731
+
+
+def _one_task_batch(nan=False):
+    return bilevel.TaskBatch(OP, X[:1], (NAN_Y if nan else Y)[None], jnp.array(0))
+
+
 BILEVEL = [
     ("meta_gradient method not a method", lambda t: bilevel.meta_gradient("maml", RIDGE, RIDGE, THETA, RIDGE_ARGS[0]),
      TypeError, "method"),
@@ -394,6 +423,45 @@ BILEVEL = [
     ("supervised_loss batch_size 0",
      lambda t: bilevel.supervised_loss(bilevel.Shared(LOA_NET), _batch(None), batch_size=0), ValueError,
      "batch_size"),
+    ("task_mean_gradient of one task's unstacked TaskBatch",
+     lambda t: bilevel.task_mean_gradient(MAML_SGD, _SUP, _SUP, _SHARED_THETA, _one_task_batch()), ValueError,
+     "unstacked"),
+    ("meta_step of one task's unstacked TaskBatch",
+     lambda t: bilevel.meta_step(MAML_SGD, _SUP, _SUP, _SHARED_THETA, bilevel.init(MAML_SGD, _SHARED_THETA),
+                                 _one_task_batch()), ValueError, "unstacked"),
+    ("task_mean_gradient of a list of task dicts",
+     lambda t: bilevel.task_mean_gradient(MAML_SGD, _RIDGE_DICT, _RIDGE_DICT, THETA,
+                                          [{"t": jnp.ones(3)}, {"t": jnp.ones(3)}]), TypeError, "list"),
+    ("sample_batch task id beyond the tasks", lambda t: _batch(jnp.array([0, 7])), ValueError, "task_ids"),
+    ("sample_batch task id beyond num_tasks",
+     lambda t: bilevel.sample_batch(_stacked_tasks(), KEY, "train", 1, task_ids=jnp.array([3, 4]), num_tasks=4),
+     ValueError, "num_tasks"),
+    ("sample_batch repeated task ids", lambda t: _batch(jnp.array([1, 1])), ValueError, "distinct"),
+    ("meta_gradient loss returning a vector",
+     lambda t: bilevel.meta_gradient(MAML_SGD, lambda p, a: (p["w"] - a) ** 2, RIDGE, THETA, RIDGE_ARGS[0]),
+     TypeError, "inner_loss"),
+    ("meta_gradient complex loss",
+     lambda t: bilevel.meta_gradient(MAML_SGD, RIDGE, lambda p, a: jnp.sum(p["w"] - a) + 1j, THETA, RIDGE_ARGS[0]),
+     TypeError, "outer_loss"),
+    ("Implicit outer loss returning a vector",
+     lambda t: bilevel.meta_gradient(bilevel.Implicit(1.0, SGD, 1), RIDGE, lambda p, a: p["w"], THETA,
+                                     RIDGE_ARGS[0]), TypeError, "outer_loss"),
+    ("meta_gradient parameters of another structure than the loss indexes",
+     lambda t: bilevel.meta_gradient(MAML_SGD, RIDGE, RIDGE, {"v": jnp.ones(3)}, RIDGE_ARGS[0]), KeyError, "theta"),
+    ("init with the method class", lambda t: bilevel.init(bilevel.MAML, THETA), TypeError, "class MAML"),
+    ("init with a string", lambda t: bilevel.init("maml", THETA), TypeError, "method"),
+    ("meta_step with the method class",
+     lambda t: bilevel.meta_step(bilevel.Implicit, RIDGE, RIDGE, THETA, None, RIDGE_ARGS), TypeError, "method"),
+    ("TaskBatch whose images and measurements differ in count",
+     lambda t: bilevel.TaskBatch(OP, X, Y[None], jnp.array(0)), ValueError, "TaskBatch"),
+    ("Implicit infinite lam", lambda t: bilevel.Implicit(float("inf"), SGD, 1), ValueError, "lam"),
+    ("Penalty infinite lam", lambda t: bilevel.Penalty(lam=float("inf")), ValueError, "lam"),
+    ("NaN measurements inside a vmapped loss (named, not taken for ω)",
+     lambda t: jax.block_until_ready(bilevel.supervised_loss(WEIGHTED, bilevel.TaskBatch(
+         OP, X[:1], NAN_Y[None], jnp.array(0)))), Exception, "`y`"),
+    ("NaN measurements in a jitted meta-gradient",
+     lambda t: jax.block_until_ready(jax.jit(lambda b: bilevel.meta_gradient(
+         MAML_SGD, _SUP, _SUP, _SHARED_THETA, b)[0])(_one_task_batch(nan=True))), Exception, "`y`"),
 ]
 
 
@@ -482,6 +550,12 @@ CLI = [
     ("reconstruct a text file", ("reconstruct", f"input={__file__}"), "not a readable HDF5"),
     ("reconstruct a negative scale", ("reconstruct", f"input={__file__}", "scale=-1"), "`scale`"),
     ("baselines tasks.ratios=[2]", ("baselines", "preset=ci", "tasks.ratios=[2]"), "tasks.ratios"),
+    ("evaluate a file as model_dir", ("evaluate", "preset=ci", f"model_dir={__file__}"), "is a file"),
+    ("adapt a file as adapt.model_dir", ("adapt", "preset=ci", f"adapt.model_dir={__file__}"), "adapt.model_dir"),
+    ("train a folder as tasks.mask_file", ("train", "preset=ci", "tasks.mask=file", f"tasks.mask_file={ROOT}"),
+     "is a directory"),
+    ("train a file as data.path of an image folder", ("train", "preset=ci", "data.source=folder",
+                                                       f"data.path={__file__}"), "is a file"),
 ]
 
 
@@ -542,6 +616,46 @@ def test_valid_edge_cases_keep_working():
     lambdas = multipliers(lambda u, th, p: u * th, lambda u: jnp.sum(jnp.abs(u) ** 2), jnp.ones(2, jnp.complex64),
                           jnp.full((1, 2), 1j), None, convention="real")[1]
     np.testing.assert_allclose(lambdas[-1], -2j * jnp.ones(2), atol=1e-6)  # −∇ℓ(u_T) in the real sense: −2 u_T
+
+    def unrolled(c, adjoint):  # params with a string and a function next to the array: static data of the phase
+        params = {"c": c, "name": "scale", "fn": jnp.tanh}
+        phase = lambda u, th, p: p["fn"](u * th * p["c"]) if p["name"] == "scale" else u  # noqa: E731
+        return jnp.sum(unroll(phase, jnp.ones(3), jnp.full((2, 3), 0.5), params, adjoint=adjoint))
+
+    from metajax.adjoint import Autodiff
+
+    assert float(jax.grad(unrolled)(1.5, MLM())) == pytest.approx(float(jax.grad(unrolled)(1.5, Autodiff())),
+                                                                 rel=1e-6)
+
+
+def test_a_run_directory_that_cannot_be_written_is_named_in_one_line(tmp_path):
+    """A file where the run (or sweep) directory should go: one line naming the key, before any work."""
+    blocker = _text(tmp_path, "a_file")
+    for override in (f"hydra.run.dir={blocker / 'run'}", f"hydra.sweep.dir={blocker / 'sweep'}"):
+        extra = ["-m"] if "sweep" in override else []
+        result = _script("train", *extra, "preset=ci", override)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        key = override.split("=")[0]
+        assert f"`{key}`" in result.stderr and "cannot be written" in result.stderr, result.stderr
+
+
+def test_a_failed_write_during_a_run_names_the_run_directory(tmp_path, capsys):
+    """A write that fails mid-run (here: a full disk, /dev/full) ends with one line, not a traceback."""
+    from metajax.engine.rundir import guard_writes
+
+    def main(cfg):
+        with open("/dev/full", "w") as f:
+            f.write("x" * 10_000)
+
+    if not Path("/dev/full").exists():
+        pytest.skip("/dev/full is not available")
+    with pytest.raises(SystemExit) as info:
+        guard_writes(main)(None)
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "writing to the run directory" in err and "No space left" in err and "hydra.run.dir" in err
+    with pytest.raises(ZeroDivisionError):  # anything else is not a write failure: it propagates
+        guard_writes(lambda cfg: 1 / 0)(None)
 
 
 def test_checkpoints_are_checked_and_failed_writes_leave_nothing(tmp_path):

@@ -76,7 +76,7 @@ def _check_phase(phase, u0, thetas, params) -> None:
         raise TypeError(f"`phase` must be a function `phase(u, theta_t, params) -> u_next`; got "
                         f"{type(phase).__name__}.")
     theta0 = jax.tree.map(lambda a: a[0], thetas)
-    out = jax.eval_shape(phase, u0, theta0, params)
+    out = eqx.filter_eval_shape(phase, u0, theta0, params)  # non-array leaves of params stay static
     expected = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), u0)
     if jax.tree.structure(out) != jax.tree.structure(expected):
         raise ValueError(
@@ -376,8 +376,29 @@ def _with_float0(params, grads):
         params, grads, is_leaf=lambda x: x is None)
 
 
+class _BoundPhase(DecidingPhase):
+    """``phase`` with the non-array leaves of its ``params`` (strings, functions, ``None``-free static data) bound,
+    so that the custom VJP sees arrays only."""
+
+    phase: object
+    static: object
+
+    def decide(self, u, theta, params):
+        return _decide(self.phase, u, theta, eqx.combine(params, self.static))
+
+    def apply(self, u, theta, params, decisions):
+        return _replay(self.phase, u, (theta, decisions), eqx.combine(params, self.static))
+
+
+def _is_dynamic(leaf) -> bool:
+    return eqx.is_array(leaf) or isinstance(leaf, (bool, int, float, complex))
+
+
 def _mlm(phase, adjoint: MLM, u0, thetas, params):
     t = num_phases(thetas)
+    params, static = eqx.partition(params, _is_dynamic)
+    if jax.tree.leaves(static):  # non-array leaves cannot cross a custom_vjp: bind them to the phase
+        phase = _BoundPhase(phase, static)
 
     @jax.custom_vjp
     def run(u0, thetas, params):

@@ -95,7 +95,7 @@ def _check_distinct_task_ids(groups) -> None:
                 raise ValueError(
                     f"`TaskGroups`: groups {other} and {g} both use task indices {sorted(ids & other_ids)}, so they "
                     "would share those task weights ω. Give every group its own indices, e.g. "
-                    "`sample_batch(..., task_ids=jnp.arange(n_g) + offset_g)`.")
+                    "`sample_batch(..., task_ids=jnp.arange(n_g) + offset_g, num_tasks=total)`.")
         seen[g] = ids
 
 
@@ -116,6 +116,38 @@ def _check_params(name: str, tree) -> None:
                 "parameters must be real floating point (split complex weights into real parts and "
                 "filter non-float leaves out, e.g. with `eqx.partition(model, eqx.is_inexact_array)`)."
             )
+
+
+def _check_method(method) -> None:
+    if isinstance(method, type) and issubclass(method, BilevelMethod):
+        raise TypeError(f"`method` must be a method instance, e.g. `{method.__name__}(...)` with its settings; got the "
+                        f"class {method.__name__} itself.")
+    if not isinstance(method, BilevelMethod):
+        raise TypeError(
+            f"`method` must be a metajax.bilevel method instance (Implicit, MAML, Penalty, TaskWeights, e.g. "
+            f"`MAML(optax.sgd(1e-2), 5)`); got {type(method).__name__} {method!r:.60}."
+        )
+
+
+def _checked_loss(name: str, loss):
+    """``loss`` with its contract enforced where it is traced: a real floating-point scalar, and a failure to
+    index the parameters (a ``theta`` whose structure is not what the loss expects) named as such."""
+
+    def checked(phi, args):
+        try:
+            value = loss(phi, args)
+        except (KeyError, AttributeError, IndexError) as error:
+            raise type(error)(
+                f"`{name}` failed on parameters shaped like `theta` ({type(error).__name__}: {error}); does "
+                f"`theta`'s PyTree structure ({jax.tree.structure(phi)}) match what `{name}` indexes?") from error
+        shape, dtype = jnp.shape(value), jnp.result_type(value)
+        if shape != () or not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"`{name}` must return a real floating-point scalar; got shape {shape} and dtype {dtype} "
+                            "(reduce per-task or per-image vectors with a sum or mean; take `jnp.real` or `abs` of "
+                            "complex values).")
+        return value
+
+    return checked
 
 
 def _check_finite_losses(grad, info):
@@ -144,18 +176,15 @@ def meta_gradient(method: BilevelMethod, inner_loss, outer_loss, theta, args, *,
         ``(grad, info)``: ``grad`` like ``theta``; ``info`` a dict of arrays
         (losses, solver residual and iterations, status flags).
     """
-    if not isinstance(method, BilevelMethod):
-        raise TypeError(
-            f"`method` must be a metajax.bilevel method (Implicit, MAML, Penalty, TaskWeights); "
-            f"got {type(method).__name__}."
-        )
+    _check_method(method)
     for name, fn in (("inner_loss", inner_loss), ("outer_loss", outer_loss)):
         if not callable(fn):
             raise TypeError(f"`{name}` must be a function `loss(phi, args) -> scalar`; got {type(fn).__name__}.")
     if key is not None:
         check_key("key", key)
     _check_params("theta", theta)
-    grad, info = method.gradient(inner_loss, outer_loss, theta, args, key)
+    grad, info = method.gradient(_checked_loss("inner_loss", inner_loss), _checked_loss("outer_loss", outer_loss),
+                                 theta, args, key)
     return _check_finite_losses(grad, info), info
 
 
@@ -169,6 +198,23 @@ def num_tasks(name: str, args) -> int:
     return sizes.pop()
 
 
+def _check_stacked(name: str, args) -> None:
+    """Catch the two ways of passing tasks that ``vmap`` would silently misread: one task's unstacked
+    :class:`~metajax.bilevel.TaskBatch` (its images would become one-image tasks) and a Python list of tasks."""
+    from metajax.bilevel.losses import TaskBatch
+
+    if isinstance(args, list) and args and all(isinstance(a, (dict, tuple, eqx.Module)) for a in args) and len(
+            {jax.tree.structure(a) for a in args}) == 1:
+        raise TypeError(f"`{name}` is a Python list of {len(args)} tasks; stack them into one PyTree with a leading "
+                        "task axis, e.g. `jax.tree.map(lambda *a: jnp.stack(a), *tasks)` (or "
+                        "`metajax.data.stack_tasks` and `sample_batch`).")
+    for batch in jax.tree.leaves(args, is_leaf=lambda x: isinstance(x, TaskBatch)):
+        if isinstance(batch, TaskBatch) and jnp.ndim(batch.task) == 0:
+            raise ValueError(f"`{name}` holds one task's unstacked TaskBatch (x {tuple(jnp.shape(batch.x))}, a scalar "
+                             "`task`): over its leading axis each image would be taken for a task of its own. Use "
+                             "`meta_gradient` for one task, or stack tasks (`sample_batch` of `stack_tasks`).")
+
+
 def task_mean_gradient(method: BilevelMethod, inner_loss, outer_loss, theta, args, *, key=None):
     """Mean over tasks of the per-task meta-gradients, each task's computed with ``vmap``.
 
@@ -176,7 +222,10 @@ def task_mean_gradient(method: BilevelMethod, inner_loss, outer_loss, theta, arg
     Returns ``(grad, info)``; ``info`` leaves have a leading task axis (a tuple of
     such dicts, one per group, for :class:`TaskGroups`).
     """
+    _check_method(method)
     groups = args.groups if isinstance(args, TaskGroups) else (args,)
+    for i, group in enumerate(groups):
+        _check_stacked("args" if len(groups) == 1 else f"args.groups[{i}]", group)
     sizes = [num_tasks("args" if len(groups) == 1 else f"args.groups[{i}]", g) for i, g in enumerate(groups)]
     keys = [None] * len(groups) if key is None else jnp.split(jax.random.split(key, sum(sizes)),
                                                                  jnp.cumsum(jnp.array(sizes))[:-1].tolist())
@@ -196,6 +245,7 @@ def init(method: BilevelMethod, params, optimizer=None):
 
     ``optimizer`` is the outer (meta) optax optimizer (default ``optax.adam(1e-3)``).
     """
+    _check_method(method)
     return method.init(params, optax.adam(1e-3) if optimizer is None else optimizer)
 
 
@@ -209,8 +259,7 @@ def meta_step(method: BilevelMethod, inner_loss, outer_loss, params, state, args
     takes one step on its task-correlation matrix. ``optimizer`` must be the one
     given to :func:`init`. Jit it with the losses and optimizer closed over.
     """
-    if not isinstance(method, BilevelMethod):
-        raise TypeError(f"`method` must be a metajax.bilevel method; got {type(method).__name__}.")
+    _check_method(method)
     optimizer = optax.adam(1e-3) if optimizer is None else optimizer
     check_optimizer("optimizer", optimizer)
     expected = jax.tree.structure(jax.eval_shape(lambda p: method.init(p, optimizer), params))

@@ -57,8 +57,19 @@ class TaskBatch(eqx.Module):
     task: jax.Array
     key: jax.Array | None = None  # PRNG key of the k-space splits (splitting loss); one per task when stacked
 
+    def __check_init__(self):
+        x_shape, y_shape = getattr(self.x, "shape", None), getattr(self.y, "shape", None)
+        if x_shape is None or y_shape is None:
+            return
+        lead = len(x_shape) - 2  # (B,) for one task, (N, B) for stacked tasks
+        if lead < 1 or tuple(y_shape[:lead]) != tuple(x_shape[:lead]):
+            raise ValueError(f"`TaskBatch`: `x` {tuple(x_shape)} and `y` {tuple(y_shape)} must hold the same images: "
+                             "x is (B, H, W) (or (N, B, H, W) for stacked tasks) and y starts with the same "
+                             f"{'(B,)' if lead == 1 else '(N, B)'} axes.")
 
-def sample_batch(tasks: Task, key, split: str, batch_size: int, task_ids=None) -> TaskBatch:
+
+def sample_batch(tasks: Task, key, split: str, batch_size: int, task_ids=None, *,
+                 num_tasks: int | None = None) -> TaskBatch:
     """``batch_size`` images of ``split`` from each of the N stacked ``tasks``, deterministic given ``key``.
 
     Args:
@@ -66,7 +77,10 @@ def sample_batch(tasks: Task, key, split: str, batch_size: int, task_ids=None) -
         key: PRNG key; task i uses ``jax.random.split(key, N)[i]``.
         split: "train", "val" or "test".
         batch_size: images per task (distinct images within a task).
-        task_ids: (N,) task indices (default ``0..N−1``).
+        task_ids: (N,) distinct task indices (default ``0..N−1``).
+        num_tasks: how many tasks the model has task weights for, all groups of a
+            :class:`~metajax.bilevel.TaskGroups` together (default N): every index
+            must lie in ``[0, num_tasks)``.
     """
     check_key("key", key)
     if tasks.train.ndim != 4:
@@ -76,8 +90,14 @@ def sample_batch(tasks: Task, key, split: str, batch_size: int, task_ids=None) -
     if task_ids.shape != (n,) or not jnp.issubdtype(task_ids.dtype, jnp.integer):
         raise ValueError(f"`task_ids` must be ({n},) integers (one index per task); got {task_ids.shape} "
                          f"{task_ids.dtype}.")
-    if is_concrete(task_ids) and bool(jnp.any(task_ids < 0)):
-        raise ValueError(f"`task_ids` must be non-negative task indices; got {task_ids.tolist()}.")
+    limit = n if num_tasks is None else check_positive_int("num_tasks", num_tasks)
+    if is_concrete(task_ids):
+        ids = task_ids.tolist()
+        if any(i < 0 or i >= limit for i in ids):
+            raise ValueError(f"`task_ids` must be task indices in [0, {limit}) (`num_tasks` = {limit}"
+                             f"{'' if num_tasks is not None else ', the number of stacked tasks'}); got {ids}.")
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"`task_ids` must be distinct (each task selects its own weight ω); got {ids}.")
     keys = jax.random.split(key, n)
     x, y = jax.vmap(lambda t, k: t.batch(k, split, batch_size))(tasks, keys)
     return TaskBatch(tasks.operator, x, y, task_ids, jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys))

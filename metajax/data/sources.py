@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metajax._validation import check_finite, check_positive_int, check_shape2d, require_file
+from metajax._validation import check_finite, check_positive_int, check_shape2d, require_dir, require_file
 
 TEMPLATE_FILE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 # Axial planes of the 1 mm template that cross the brain (inferior cerebellum to vertex).
@@ -143,9 +143,7 @@ def load_image_folder(path, as_gray: bool = False) -> np.ndarray:
     """
     from PIL import Image
 
-    folder = Path(path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"`path`: folder {str(folder)!r} does not exist.")
+    folder = require_dir("path", path, "folder of images")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"`path`: no {'/'.join(_IMAGE_SUFFIXES)} images in {str(folder)!r}.")

@@ -50,6 +50,7 @@ from metajax import bilevel, pretrained
 from metajax.engine import adaptation, distributed, evaluation
 from metajax.engine.checkpoint import CheckpointError
 from metajax.engine.config import SOLVERS, register
+from metajax.engine.rundir import guard_writes
 from metajax.engine.experiment import ConfigError, Experiment, task_families, task_labels
 from metajax.engine.validation import check_config
 from metajax.engine.models import ModelSource, load_model_source
@@ -169,7 +170,7 @@ def _multiprocess(main):
         except ConfigError as error:
             _fail(error)
         try:
-            main(cfg)
+            guard_writes(main)(cfg)
         except Exception:
             if not jax.distributed.is_initialized():
                 raise
@@ -280,6 +281,7 @@ def _model_method(source: ModelSource, exp: Experiment):
 
 
 @hydra.main(version_base=None, config_name="run")
+@guard_writes
 def evaluate_main(cfg) -> None:
     if cfg.model_dir is None:
         _fail(ConfigError("`model_dir` must name a trained run directory or pretrained:NAME "
@@ -356,11 +358,12 @@ def adapt_model(cfg, source: ModelSource, new_exp: Experiment, log=_log):
 
 
 @hydra.main(version_base=None, config_name="adapt")
+@guard_writes
 def adapt_main(cfg) -> None:
     try:
         out_dir = _fresh_out_dir()
         check_config(cfg)
-        source = load_model_source(cfg.adapt.model_dir, _base())
+        source = load_model_source(cfg.adapt.model_dir, _base(), "adapt.model_dir")
         new_exp = Experiment(OmegaConf.merge(cfg, {"model": source.config.model}), _base())
         if source.per_task is None:
             before = _model_method(source, new_exp)

@@ -39,6 +39,8 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from metajax.engine.rundir import HYDRA_CALLBACKS
+
 
 @dataclass
 class DataConfig:
@@ -182,7 +184,8 @@ _GROUPS = [{"data": "default"}, {"tasks": "pseudo_radial"}, {"model": "dcnet"}, 
 class RunConfig:
     """The root config of ``metajax-train`` / ``-evaluate`` / ``-baselines``."""
 
-    defaults: List[Any] = field(default_factory=lambda: ["_self_", *_GROUPS, {"preset": "quick"}, {"cluster": "none"}])
+    defaults: List[Any] = field(default_factory=lambda: ["_self_", *_GROUPS, {"preset": "quick"}, {"cluster": "none"},
+                                                         {"checks": "default"}])
     data: DataConfig = MISSING
     tasks: TasksConfig = MISSING
     model: ModelConfig = MISSING
@@ -340,3 +343,4 @@ def register() -> None:
     for name, node in CLUSTERS.items():
         cs.store(group="cluster", name=name, node=node, package="_global_")
     cs.store(group="cluster", name="none", node={}, package="_global_")
+    cs.store(group="checks", name="default", node=HYDRA_CALLBACKS, package="_global_")  # engine.rundir

@@ -51,6 +51,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from metajax._validation import require_dir, require_file
 from metajax import bilevel, data, masks, metrics
 from metajax.adjoint import MLM, Autodiff
 from metajax.bilevel import TaskBatch
@@ -75,13 +76,14 @@ def check_files(cfg, base: Path | None) -> None:
         if cfg.data.path is None:
             raise ConfigError(f"`data.path` must be set for data.source={cfg.data.source!r}.")
         path = resolve_path(cfg.data.path, base)
-        if not (path.is_dir() if cfg.data.source == "folder" else path.is_file()):
-            raise FileNotFoundError(f"`data.path`: {str(path)!r} does not exist.")
+        if cfg.data.source == "folder":
+            require_dir("data.path", path, "folder of images")
+        else:
+            require_file("data.path", path)
     if cfg.tasks.mask == "file":
         if cfg.tasks.mask_file is None:
             raise ConfigError("`tasks.mask_file` must be set for tasks.mask='file'.")
-        if not resolve_path(cfg.tasks.mask_file, base).is_file():
-            raise FileNotFoundError(f"`tasks.mask_file`: {cfg.tasks.mask_file!r} does not exist.")
+        require_file("tasks.mask_file", resolve_path(cfg.tasks.mask_file, base), "HDF5 file of masks")
 
 
 def load_splits(cfg_data, base: Path | None) -> tuple[dict[str, np.ndarray], str]:

@@ -17,6 +17,7 @@ import equinox as eqx
 import numpy as np
 from omegaconf import OmegaConf
 
+from metajax._validation import require_dir
 from metajax import bilevel, masks, pretrained
 from metajax.engine import checkpoint
 from metajax.engine.experiment import Experiment
@@ -54,8 +55,9 @@ def line_tasks(tasks) -> list[bool] | None:
     return lines if len(set(lines)) > 1 else None
 
 
-def load_model_source(spec: str, base: Path | None = None) -> ModelSource:
-    """``spec`` = a run directory (``config.yaml`` + ``model.eqx``) or ``pretrained:NAME``."""
+def load_model_source(spec: str, base: Path | None = None, key: str = "model_dir") -> ModelSource:
+    """``spec`` = a run directory (``config.yaml`` + ``model.eqx``) or ``pretrained:NAME``; errors name ``key``
+    (the config key ``spec`` came from)."""
     spec = str(spec)
     if spec.startswith(PRETRAINED):
         name = spec[len(PRETRAINED):]
@@ -65,9 +67,10 @@ def load_model_source(spec: str, base: Path | None = None) -> ModelSource:
     run_dir = Path(spec)
     if base is not None and not run_dir.is_absolute():
         run_dir = base / run_dir
+    require_dir(key, run_dir, "trained run directory (or pretrained:NAME)")
     for name in ("config.yaml", "model.eqx"):
         if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"`model_dir`: {str(run_dir / name)!r} does not exist; give a trained run "
+            raise FileNotFoundError(f"`{key}`: {str(run_dir / name)!r} does not exist; give a trained run "
                                     f"directory or pretrained:NAME (available: {pretrained.available()}).")
     cfg = _trained(OmegaConf.load(run_dir / "config.yaml"))
     exp = Experiment(cfg, base)

@@ -49,9 +49,9 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import h5py
 import hydra
@@ -62,10 +62,11 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING
 
-from metajax._validation import as_binary_mask, open_hdf5
+from metajax._validation import as_binary_mask, open_hdf5, require_file
 from metajax.engine import adaptation
 from metajax.engine.experiment import ConfigError, resolve_path
 from metajax.engine.models import load_model_source
+from metajax.engine.rundir import HYDRA_CALLBACKS, guard_writes
 from metajax.engine.scans import choose_mask
 from metajax.models import tv_reconstruction
 from metajax.operators import MultiCoilMRI, SingleCoilMRI
@@ -76,6 +77,7 @@ CHUNK = 4
 
 @dataclass
 class ReconstructConfig:
+    defaults: List[Any] = field(default_factory=lambda: ["_self_", {"checks": "default"}])
     input: str = MISSING  # HDF5, fastMRI single-coil layout (kspace (S, H, W), optional mask)
     model: str = "auto"  # a trained run directory, pretrained:NAME, or auto: pretrained:chest_dcnet for single-coil
     # k-space, pretrained:chest_mc_dcnet for multi-coil
@@ -100,6 +102,7 @@ class ReconstructConfig:
 
 
 ConfigStore.instance().store(name="reconstruct", node=ReconstructConfig)
+ConfigStore.instance().store(group="checks", name="default", node=HYDRA_CALLBACKS, package="_global_")
 
 
 def check_options(cfg) -> None:
@@ -116,9 +119,7 @@ def check_options(cfg) -> None:
 
 def load_inputs(cfg, base: Path | None):
     """``(kspace (S, H, W) complex64, mask (H, W) bool, notes)``, every check done, nothing reconstructed yet."""
-    path = resolve_path(cfg.input, base)
-    if not path.is_file():
-        raise FileNotFoundError(f"`input`: {str(path)!r} does not exist.")
+    path = require_file("input", resolve_path(cfg.input, base))
     notes = []
     check_options(cfg)
     f = open_hdf5("input", path)
@@ -270,7 +271,7 @@ def _model_source(cfg, base, coils: str):
     """The model for ``coils`` (single | multi) k-space; ``model=auto`` picks the shipped one."""
     spec = cfg.model if cfg.model != "auto" else ("pretrained:chest_mc_dcnet" if coils == "multi"
                                                    else "pretrained:chest_dcnet")
-    source = load_model_source(spec, base)
+    source = load_model_source(spec, base, "model")
     if source.per_task is not None:
         raise ConfigError(f"{source.label} holds one network per trained task; use a joint or pretrained model.")
     if source.coils != coils:
@@ -308,9 +309,7 @@ def _multicoil_main(cfg, path: Path, out_dir: Path, base: Path) -> None:
         kspace, own_mask, recon_size, notes = scans.read_scan(path, cfg.slices)
         mask, origin = scans.choose_mask(cfg, base, kspace, own_mask)
         if cfg.maps_file is not None:
-            maps_path = resolve_path(cfg.maps_file, base)
-            if not maps_path.is_file():
-                raise FileNotFoundError(f"`maps_file`: {str(maps_path)!r} does not exist.")
+            require_file("maps_file", resolve_path(cfg.maps_file, base))
         elif cfg.maps not in scans.MAPS:
             raise ValueError(f"`maps` must be one of {scans.MAPS} (or give maps_file=…); got {cfg.maps!r}.")
         else:
@@ -366,6 +365,7 @@ def _multicoil_main(cfg, path: Path, out_dir: Path, base: Path) -> None:
 
 
 @hydra.main(version_base=None, config_name="reconstruct")
+@guard_writes
 def reconstruct_main(cfg) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     base = Path(hydra.utils.get_original_cwd())

@@ -117,9 +117,17 @@ def _batched(solve_one, operator, y, weight):
     return solve(y, jnp.broadcast_to(weight, batch_shape))
 
 
-def _check_classical(y, weight, iterations) -> int:
+def _check_classical(operator, y, weight, iterations) -> int:
     check_finite("y", y)
     check_finite("weight", weight)
+    batch_shape = tuple(jax.eval_shape(operator.adjoint, y).shape[:-2])
+    try:
+        fits = np.broadcast_shapes(np.shape(weight), batch_shape) == batch_shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"`weight` of shape {np.shape(weight)} must be a scalar or broadcast to the batch shape "
+                         f"{batch_shape} of `y` (one λ per image).")
     if is_concrete(weight) and not np.all(np.asarray(weight) >= 0):
         raise ValueError(f"`weight` must be non-negative; got {weight}.")
     return check_positive_int("iterations", iterations)
@@ -147,7 +155,7 @@ def sense_reconstruction(operator: LinearOperator, y: jax.Array, weight=0.0, ite
     Returns:
         The reconstruction, shaped like ``A^H y``.
     """
-    iterations = _check_classical(y, weight, iterations)
+    iterations = _check_classical(operator, y, weight, iterations)
     return _sense_batched(operator, y, jnp.asarray(weight), iterations)
 
 
@@ -187,7 +195,7 @@ def l1_wavelet_reconstruction(operator: LinearOperator, y: jax.Array, weight, it
         iterations: FISTA iterations.
         wavelet, levels: the orthonormal wavelet (:data:`~metajax.operators.wavelet.WAVELETS`) and its depth.
     """
-    iterations = _check_classical(y, weight, iterations)
+    iterations = _check_classical(operator, y, weight, iterations)
     check_positive_int("levels", levels)
     return _l1_wavelet_batched(operator, y, jnp.asarray(weight), iterations, wavelet, levels)
 
@@ -205,5 +213,5 @@ def tv_reconstruction(operator: LinearOperator, y: jax.Array, weight, iterations
     Returns:
         The reconstruction, shaped like ``A^H y``.
     """
-    iterations = _check_classical(y, weight, iterations)
+    iterations = _check_classical(operator, y, weight, iterations)
     return _tv_batched(operator, y, jnp.asarray(weight), iterations)

@@ -39,7 +39,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from metajax._validation import check_measurements, check_positive, check_positive_int, check_task_weight
+from metajax._validation import (check_float_dtype, check_key, check_measurements, check_model_precision,
+                                check_positive, check_positive_int, check_task_weight)
 from metajax.adjoint import Autodiff, unroll
 from metajax.linear_solve import conjugate_gradient
 from metajax.models.convolution import conv2d
@@ -64,6 +65,8 @@ class ResidualCNN(eqx.Module):
 
     def __init__(self, key, layers: int = 5, channels: int = 32, kernel_size: int = 3, dtype=jnp.float32,
                  mask_aware: bool = False):
+        check_key("key", key)
+        check_float_dtype("dtype", dtype)
         layers = check_positive_int("layers", layers)
         channels = check_positive_int("channels", channels)
         if layers < 2:
@@ -182,7 +185,8 @@ class DCNet(eqx.Module):
 
     def phase_inputs(self, operator, y, omega=None):
         """``(x₀, params)`` of the unrolled phases: the zero-filled image and the shared :class:`DCParams`."""
-        check_measurements(operator, y)
+        check_model_precision(self)
+        y = check_measurements(operator, y)
         x0 = operator.adjoint(y)
         real = jnp.finfo(x0.dtype).dtype
         return x0, DCParams(self.cnn, operator, y, self.kappa(None if omega is None else check_task_weight(omega, real),

@@ -40,7 +40,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from metajax._validation import check_measurements, check_positive, check_positive_int, check_task_weight
+from metajax._validation import (check_measurements, check_model_precision, check_positive, check_positive_int,
+                                check_task_weight)
 from metajax.adjoint import Autodiff, DecidingPhase, unroll
 from metajax.models.regularizers import FeatureCNN, smoothed_l21
 from metajax.operators.base import LinearOperator
@@ -316,7 +317,8 @@ class LOA(eqx.Module):
 
         ``omega=None`` fixes κ = 1 (conventional training of the same network, no task weight).
         """
-        check_measurements(operator, y)
+        check_model_precision(self)
+        y = check_measurements(operator, y)
         x0 = self.initial(operator, y)
         real = jnp.finfo(x0.dtype).dtype
         kappa = jnp.ones((), real) if omega is None else jax.nn.sigmoid(check_task_weight(omega, real))

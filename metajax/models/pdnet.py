@@ -21,7 +21,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from metajax._validation import check_measurements, check_positive_int
+from metajax._validation import (check_float_dtype, check_key, check_measurements, check_model_precision,
+                                check_positive_int)
 from metajax.adjoint import Autodiff, unroll
 from metajax.models.layers import conv, conv_adjoint, from_channels, to_channels, xavier_uniform
 from metajax.operators.base import LinearOperator
@@ -61,6 +62,8 @@ class PDNet(eqx.Module):
     def __init__(self, key, num_layers: int = 10, channels: int = 40, complex_images: bool = True,
                  threshold: float = 0.05, tau: float = 0.5, sigma: float = 0.5, kernel_size: int = 3,
                  dtype=jnp.float32):
+        check_key("key", key)
+        check_float_dtype("dtype", dtype)
         num_layers = check_positive_int("num_layers", num_layers)
         channels = check_positive_int("channels", channels)
         if check_positive_int("kernel_size", kernel_size) % 2 == 0:
@@ -76,7 +79,8 @@ class PDNet(eqx.Module):
         return {"kernel": self.kernel, "threshold": self.threshold, "tau": self.tau, "sigma": self.sigma}
 
     def initial_state(self, operator, y):
-        check_measurements(operator, y)
+        check_model_precision(self)
+        y = check_measurements(operator, y)
         x0 = operator.adjoint(y)
         if (self.kernel.shape[2] == 2) != jnp.iscomplexobj(x0):
             raise ValueError(

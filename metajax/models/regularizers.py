@@ -14,7 +14,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from metajax._validation import check_positive_int
+from metajax._validation import check_float_dtype, check_key, check_positive_int
 from metajax.models.convolution import conv2d
 from metajax.models.layers import complex_block_kernel, smoothed_relu, xavier_uniform
 
@@ -43,6 +43,8 @@ class FeatureCNN(eqx.Module):
 
     def __init__(self, key, layers: int = 3, features: int = 4, kernel_size: int = 3, delta: float = 1e-3,
                  out_features: int | None = None, dtype=jnp.float32):
+        check_key("key", key)
+        check_float_dtype("dtype", dtype)
         layers = check_positive_int("layers", layers)
         features = check_positive_int("features", features)
         out_features = features if out_features is None else check_positive_int("out_features", out_features)
