@@ -38,6 +38,18 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+__all__ = [
+    "CONVERGED",
+    "MAX_ITERS",
+    "NEGATIVE_CURVATURE",
+    "NONFINITE",
+    "STATUS_NAMES",
+    "conjugate_gradient",
+    "neumann_series",
+    "tree_axpy",
+    "tree_vdot",
+]
+
 CONVERGED, MAX_ITERS, NEGATIVE_CURVATURE, NONFINITE = 0, 1, 2, 3
 _RUNNING = -1
 STATUS_NAMES = {CONVERGED: "converged", MAX_ITERS: "max_iters", NEGATIVE_CURVATURE: "negative_curvature",

@@ -39,6 +39,27 @@ from metajax._validation import (
     require_file,
 )
 
+__all__ = [
+    "FAMILIES",
+    "SELECTIONS",
+    "MaskDistribution",
+    "cartesian",
+    "center_block",
+    "equispaced",
+    "family_mask",
+    "fastmri_equispaced",
+    "fastmri_random",
+    "is_line_mask",
+    "load_mask",
+    "load_masks",
+    "poisson_disc",
+    "radial",
+    "sampling_ratio",
+    "split",
+    "thin",
+    "variable_density",
+]
+
 _GOLDEN_ANGLE = math.pi * (math.sqrt(5.0) - 1.0) / 2.0  # 111.25°: golden-ratio radial spoke increment
 
 

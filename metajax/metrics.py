@@ -18,6 +18,14 @@ import numpy as np
 
 from metajax._validation import check_finite, check_min_ndim, check_real, is_concrete
 
+__all__ = [
+    "evaluate_volume",
+    "mse",
+    "nmse",
+    "psnr",
+    "ssim",
+]
+
 _IMAGE_AXES = (-2, -1)
 
 

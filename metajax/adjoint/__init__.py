@@ -1,6 +1,6 @@
 """Unrolled iterations and their adjoints: autodiff through ``lax.scan`` or Lagrangian multipliers."""
 
-from metajax.adjoint.unroll import (
+from metajax.adjoint.unrolling import (
     MLM,
     Adjoint,
     Autodiff,

@@ -163,9 +163,10 @@ def meta_gradient(method: BilevelMethod, inner_loss, outer_loss, theta, args, *,
     Args:
         method: :class:`~metajax.bilevel.Implicit`, :class:`~metajax.bilevel.MAML`,
             :class:`~metajax.bilevel.Penalty` or :class:`~metajax.bilevel.TaskWeights`.
-        inner_loss, outer_loss: ``loss(phi, args) -> scalar`` with ``phi`` shaped like
+        inner_loss: ``loss(phi, args) -> scalar`` (a real float) with ``phi`` shaped like
             ``theta`` (for :class:`~metajax.bilevel.TaskWeights`, per train/val task;
             see there).
+        outer_loss: the same kind of function, the loss the meta-gradient is of.
         theta: the meta-parameters, a PyTree of real float arrays.
         args: the task's data, any PyTree (measurements, images, operator).
         key: an optional PRNG key, validated and handed to the method (the built-in

@@ -91,8 +91,8 @@ def adapt(loss, optimizer, phi0, steps: int, args, *, proximal: float | None = N
         phi0: the starting parameters (a PyTree of real float arrays).
         steps: K ≥ 1.
         args: the loss's data (any PyTree), passed to every step.
-        proximal, center: the proximal weight μ > 0 and centre (a PyTree like
-            ``phi0``; default ``phi0``), or ``proximal=None`` for none.
+        proximal: the proximal weight μ > 0, or ``None`` for no proximal term.
+        center: the proximal centre (a PyTree like ``phi0``; default ``phi0``).
         adjoint: how the loop is differentiated (see the module docstring).
 
     Returns:

@@ -41,6 +41,7 @@ class FastMRIVolume:
 
     @property
     def multicoil(self) -> bool:
+        """True for multi-coil k-space (S, C, H, W), False for single-coil (S, H, W)."""
         return self.kspace.ndim == 4
 
 

@@ -60,6 +60,7 @@ class Task(eqx.Module):
         self.noise_std = jnp.asarray(noise_std, dtype=jnp.finfo(self.train.dtype).dtype)
 
     def images(self, split: str) -> jax.Array:
+        """The (n, H, W) images of ``split`` ("train", "val" or "test")."""
         if split not in SPLITS:
             raise ValueError(f"`split` must be one of {SPLITS}; got {split!r}.")
         return getattr(self, split)

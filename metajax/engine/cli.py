@@ -187,6 +187,7 @@ def _multiprocess(main):
 @hydra.main(version_base=None, config_name="run")
 @_multiprocess
 def train_main(cfg) -> None:
+    """``metajax-train [overrides]``: meta-train (or conventionally train) the configured model, with checkpoints that resume, then evaluate it (and the baselines with ``eval.baselines``) on ``eval.split``; writes the run directory (docs/engine.md)."""
     out_dir = _out_dir()
     try:
         shipped = _pretrained_method(cfg)
@@ -283,6 +284,7 @@ def _model_method(source: ModelSource, exp: Experiment):
 @hydra.main(version_base=None, config_name="run")
 @guard_writes
 def evaluate_main(cfg) -> None:
+    """``metajax-evaluate model_dir=M [overrides]``: evaluate a trained run directory or ``pretrained:NAME`` on the configured (or the model's own) data and tasks."""
     if cfg.model_dir is None:
         _fail(ConfigError("`model_dir` must name a trained run directory or pretrained:NAME "
                           "(model_dir=outputs/... or model_dir=pretrained:chest_dcnet)."))
@@ -301,6 +303,7 @@ def evaluate_main(cfg) -> None:
 @hydra.main(version_base=None, config_name="run")
 @_multiprocess
 def baselines_main(cfg) -> None:
+    """``metajax-baselines [overrides]``: zero-filled, TV (λ tuned on validation, widened grid) and conventional training of the configured network, evaluated as ``metajax-train`` does."""
     out_dir = _out_dir()
     try:
         exp = Experiment(cfg, _base())
@@ -360,6 +363,7 @@ def adapt_model(cfg, source: ModelSource, new_exp: Experiment, log=_log):
 @hydra.main(version_base=None, config_name="adapt")
 @guard_writes
 def adapt_main(cfg) -> None:
+    """``metajax-adapt adapt.model_dir=M [overrides]``: adapt a trained model to new data or tasks (``adapt.mode`` omega, finetune or self) and report before/after rows (docs/adaptation.md)."""
     try:
         out_dir = _fresh_out_dir()
         check_config(cfg)

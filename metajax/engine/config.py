@@ -44,6 +44,11 @@ from metajax.engine.rundir import HYDRA_CALLBACKS
 
 @dataclass
 class DataConfig:
+    """The ``data`` group: where the images come from and the train/val/test slice ranges (``data=default`` the embedded chest set, ``data=template``, ``data=fastmri data.path=F``, ...).
+
+    Each field's meaning is the comment beside it in ``metajax/engine/config.py`` (shown below).
+    """
+
     source: str = "chest"  # chest (embedded) | template (embedded) | fastmri | nifti | folder
     path: Optional[str] = None  # file (fastmri, nifti) or folder; relative paths are from the launch directory
     num_slices: int = 24  # template source: slices taken from the template
@@ -56,6 +61,11 @@ class DataConfig:
 
 @dataclass
 class TasksConfig:
+    """The ``tasks`` group: one task per sampling ratio (or mask family) — the mask family, ratios, noise and crop.
+
+    Each field's meaning is the comment beside it in ``metajax/engine/config.py`` (shown below).
+    """
+
     mask: str = "pseudo_radial"  # a family of metajax.masks.FAMILIES (pseudo_radial: embedded, 256²), file, or
     # mixture (task i: family families[i] at ratio ratios[i])
     mask_file: Optional[str] = None  # mask=file: HDF5 with datasets f"{mask_prefix}{round(100·ratio)}"
@@ -72,6 +82,11 @@ class TasksConfig:
 
 @dataclass
 class ModelConfig:
+    """The ``model`` group: the unrolled network (``dcnet``, ``loa``, ``loa_paper``, ``pdnet``) and its size.
+
+    Each field's meaning is the comment beside it in ``metajax/engine/config.py`` (shown below).
+    """
+
     name: str = "dcnet"  # dcnet | loa | loa_paper | pdnet
     phases: int = 5
     features: int = 32  # DCNet: CNN channels; LOA: CNN kernels per layer; PDNet: channels
@@ -82,6 +97,11 @@ class ModelConfig:
 
 @dataclass
 class SolverConfig:
+    """The ``solver`` group: the bilevel method (``penalty``, ``implicit``, ``maml``, ``fomaml``, ``task_weights``, ``conventional``, ``joint``) and its settings.
+
+    Each field's meaning is the comment beside it in ``metajax/engine/config.py`` (shown below).
+    """
+
     name: str = "penalty"  # penalty | implicit | maml | fomaml | task_weights | conventional
     adjoint: str = "autodiff"  # autodiff | mlm: how the unrolled network is differentiated
     inner_steps: int = 1  # implicit / maml / task_weights
@@ -104,6 +124,11 @@ class SolverConfig:
 
 @dataclass
 class TrainerConfig:
+    """The ``trainer`` node: steps, batch, optimizer and schedule, checkpoints, validation, devices and processes.
+
+    Each field's meaning is the comment beside it in ``metajax/engine/config.py`` (shown below).
+    """
+
     steps: int = 200  # training steps (gradient evaluations)
     batch: int = 2  # images per task per step (the same number from each task's validation split)
     lr: float = 1e-3  # Adam
@@ -136,6 +161,11 @@ class TrainerConfig:
 
 @dataclass
 class EvalConfig:
+    """The ``eval`` node: the split evaluated, the baselines (zero-filled, TV tuned on validation, conventional training), the shipped model compared with, the unseen-family shift, figures.
+
+    Each field's meaning is the comment beside it in ``metajax/engine/config.py`` (shown below).
+    """
+
     split: str = "test"
     baselines: bool = False  # also zero-filled, TV (λ tuned on validation) and conventional training
     conventional_per_task: bool = False  # the conventional baseline trains one network per task (Bian et al.'s)
@@ -153,6 +183,11 @@ class EvalConfig:
 
 @dataclass
 class AdaptConfig:
+    """The ``adapt`` node of ``metajax-adapt``: the model to adapt, the mode (``omega``, ``finetune``, ``self``), loss, steps and learning rate.
+
+    Each field's meaning is the comment beside it in ``metajax/engine/config.py`` (shown below).
+    """
+
     """Adaptation of a trained model to new tasks (metajax.engine.adaptation: the same fields as its Settings)."""
 
     model_dir: str = MISSING  # run directory of a trained model (model.eqx, config.yaml) or pretrained:NAME

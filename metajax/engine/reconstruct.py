@@ -77,6 +77,9 @@ CHUNK = 4
 
 @dataclass
 class ReconstructConfig:
+    """The options of ``metajax-reconstruct`` (``key=value`` on the command line); each field's meaning is the
+    comment beside it in ``metajax/engine/reconstruct.py`` (shown below)."""
+
     defaults: List[Any] = field(default_factory=lambda: ["_self_", {"checks": "default"}])
     input: str = MISSING  # HDF5, fastMRI single-coil layout (kspace (S, H, W), optional mask)
     model: str = "auto"  # a trained run directory, pretrained:NAME, or auto: pretrained:chest_dcnet for single-coil
@@ -367,6 +370,7 @@ def _multicoil_main(cfg, path: Path, out_dir: Path, base: Path) -> None:
 @hydra.main(version_base=None, config_name="reconstruct")
 @guard_writes
 def reconstruct_main(cfg) -> None:
+    """``metajax-reconstruct input=F [options]``: reconstruct every slice of a single- or multi-coil scan (HDF5 or BART), self-check it without ground truth, write ``reconstruction.h5`` and PNGs (docs/models.md, docs/multicoil.md)."""
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     base = Path(hydra.utils.get_original_cwd())
     path = resolve_path(cfg.input, base)

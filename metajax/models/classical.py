@@ -193,7 +193,8 @@ def l1_wavelet_reconstruction(operator: LinearOperator, y: jax.Array, weight, it
         y: measurements; leading batch axes are solved image by image.
         weight: λ ≥ 0 of ``λ‖W x‖₁`` (scalar or broadcastable to the batch shape).
         iterations: FISTA iterations.
-        wavelet, levels: the orthonormal wavelet (:data:`~metajax.operators.wavelet.WAVELETS`) and its depth.
+        wavelet: the orthonormal wavelet (one of :data:`~metajax.operators.WAVELETS`).
+        levels: the depth of the wavelet transform.
     """
     iterations = _check_classical(operator, y, weight, iterations)
     check_positive_int("levels", levels)

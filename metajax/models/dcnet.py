@@ -57,7 +57,7 @@ class ResidualCNN(eqx.Module):
     ``layers`` 3×3 convolutions (2 → C → … → C → 2) with biases and ReLU between
     them; the last layer is initialised to zero (``D_θ ≡ 0`` at initialisation),
     the others Xavier-uniform with the ReLU gain √2. Kernels are stored HWIO,
-    the layout :func:`~metajax.models.convolution.conv2d` runs fastest.
+    the layout ``metajax.models.convolution.conv2d`` runs fastest.
     """
 
     kernels: tuple[jax.Array, ...]
@@ -142,7 +142,8 @@ class DCNet(eqx.Module):
     Args:
         key: PRNG key for the CNN initialisation.
         num_phases: K, the number of unrolled phases (CNN + data consistency).
-        layers, channels: depth and width of the shared :class:`ResidualCNN`.
+        layers: depth of the shared :class:`ResidualCNN`.
+        channels: its width.
         mu: initial data-consistency weight μ_k of every phase (positive; with
             noiseless data small μ trusts the measurements).
         cg_iters: CG iterations of the data consistency for operators other than
@@ -176,6 +177,7 @@ class DCNet(eqx.Module):
 
     @property
     def num_phases(self) -> int:
+        """K, the number of unrolled phases."""
         return self.mu_raw.shape[0]
 
     @staticmethod

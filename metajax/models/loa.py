@@ -243,7 +243,8 @@ class LOA(eqx.Module):
     Args:
         key: PRNG key for the CNN initialisation.
         num_phases: T (paper: 11).
-        alpha, tau: initial steps α_t, τ_t, the same for every phase (positive).
+        alpha: initial step α_t, the same for every phase (positive).
+        tau: initial step τ_t, the same for every phase (positive).
         eps0: initial smoothing ε₀ (learned), larger than ``phase.eps_min``.
         phase: the algorithm constants (``LOAPhase(a=..., rho=..., ...)``).
         initial: ``x₀ = initial(operator, y)``; :class:`ZeroFilled` by default,
@@ -310,6 +311,7 @@ class LOA(eqx.Module):
 
     @property
     def thetas(self) -> dict:
+        """The per-phase controls of :func:`~metajax.adjoint.unroll`: ``{"alpha": (T,), "tau": (T,)}``."""
         return {"alpha": self.alpha, "tau": self.tau}
 
     def phase_inputs(self, operator, y, omega=None):

@@ -29,6 +29,8 @@ from metajax.operators.base import LinearOperator
 
 
 class PDNetParams(eqx.Module):
+    """The shared inputs of every PDNet layer: the forward ``operator`` and the measurements ``y``."""
+
     operator: LinearOperator
     y: jax.Array
 
@@ -51,7 +53,9 @@ class PDNet(eqx.Module):
         num_layers: number of unrolled layers T.
         channels: feature maps of each analysis operator (paper: 40).
         complex_images: True for MRI (two real input channels), False for real images.
-        threshold, tau, sigma: initial per-layer threshold and step sizes.
+        threshold: initial per-layer threshold.
+        tau: initial per-layer primal step size.
+        sigma: initial per-layer dual step size.
     """
 
     kernel: jax.Array
@@ -76,9 +80,13 @@ class PDNet(eqx.Module):
 
     @property
     def thetas(self) -> dict:
+        """The per-layer controls of :func:`~metajax.adjoint.unroll`: ``kernel`` (L, C, 1 or 2, k, k) and
+        ``threshold``, ``tau``, ``sigma`` (L,)."""
         return {"kernel": self.kernel, "threshold": self.threshold, "tau": self.tau, "sigma": self.sigma}
 
     def initial_state(self, operator, y):
+        """``(x₀, u₀)``: the adjoint image ``A^H y`` (H, W) and zero dual channels (C, H, W), after the checks of
+        the measurements and of the model's precision."""
         check_model_precision(self)
         y = check_measurements(operator, y)
         x0 = operator.adjoint(y)

@@ -104,7 +104,7 @@ class FeatureCNN(eqx.Module):
 def smoothed_l21(features: jax.Array, eps: jax.Array, axis: int = 0) -> jax.Array:
     """``Σ_j sqrt(‖f_j‖² + ε²) − ε`` over pixels j of features whose channels lie along ``axis``.
 
-    ``features`` may be complex (C, H, W) (:meth:`FeatureCNN.__call__`) or the
+    ``features`` may be complex (C, H, W) (``FeatureCNN.__call__``) or the
     real channels-last stack of :meth:`FeatureCNN.real_features` with ``axis=-1``
     (the squared norm over real and imaginary channels is the same).
     """

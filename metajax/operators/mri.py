@@ -46,6 +46,7 @@ class SingleCoilMRI(LinearOperator):
 
     @property
     def shape(self) -> tuple[int, int]:
+        """The image (and k-space) size (H, W), the mask's shape."""
         return tuple(self.mask.shape)
 
     def __call__(self, x):
@@ -83,10 +84,12 @@ class MultiCoilMRI(LinearOperator):
 
     @property
     def shape(self) -> tuple[int, int]:
+        """The image (and k-space) size (H, W), the mask's shape."""
         return tuple(self.mask.shape)
 
     @property
     def num_coils(self) -> int:
+        """C, the number of receive coils (the leading axis of ``sens``)."""
         return self.sens.shape[0]
 
     def __call__(self, x):

@@ -112,7 +112,7 @@ def self_check(model, mask, y, key, fraction: float = 0.05, tv_iterations: int =
             scale the model expects (images with maximum ≈ 1).
         key: PRNG key of the held-out choice (one split for all slices).
         fraction: share of the non-central samples held out.
-        tv_iterations: PDHG iterations of the TV reference (λ from :func:`tv_weight_for`).
+        tv_iterations: PDHG iterations of the TV reference (λ from ``tv_weight_for``).
         maps: None (single-coil) or the coil sensitivities, (C, H, W) or (S, C, H, W) like ``y``; the held-out
             error then sums over coils.
 

@@ -134,7 +134,7 @@ def _replay(phase, u, step_inputs, params):
 
 
 class Adjoint(eqx.Module):
-    """How :func:`unroll` is differentiated. ``scan_unroll`` is passed to ``lax.scan(unroll=...)``."""
+    """How :func:`~metajax.adjoint.unroll` is differentiated. ``scan_unroll`` is passed to ``lax.scan(unroll=...)``."""
 
     scan_unroll: int | bool = eqx.field(default=1, static=True, kw_only=True)
 
@@ -170,6 +170,7 @@ class MLM(Adjoint):
             raise ValueError(f"`checkpoint_every` must be None, 'sqrt' or a positive integer; got {k!r}.")
 
     def segment(self, t: int) -> int:
+        """Phases per checkpoint segment for T = ``t`` phases (1: every state is stored; ``"sqrt"``: ⌈√T⌉)."""
         if self.checkpoint_every is None:
             return 1  # every state is a checkpoint
         if self.checkpoint_every == "sqrt":
@@ -226,7 +227,7 @@ _MLM_JVP_HINT = (
 
 
 def mlm_unroll(phase, u0, thetas, params, *, checkpoint_every=None, scan_unroll=1):
-    """:func:`unroll` with the Lagrangian-multiplier adjoint, ``adjoint=MLM(...)``."""
+    """:func:`~metajax.adjoint.unroll` with the Lagrangian-multiplier adjoint, ``adjoint=MLM(...)``."""
     return unroll(phase, u0, thetas, params, adjoint=MLM(checkpoint_every, scan_unroll=scan_unroll))
 
 
