@@ -143,7 +143,7 @@ def _networks():
     ]
 
 
-@pytest.mark.parametrize("index", [0, 1], ids=["LOA", "PDNet"])
+@pytest.mark.parametrize("index", [pytest.param(0, id="LOA", marks=pytest.mark.slow), pytest.param(1, id="PDNet")])
 def test_network_gradients_equal_autodiff_with_batch_vmap_and_jit(index, mri_problem, x64):
     images, op, ys = mri_problem
     net = _networks()[index]
@@ -163,6 +163,7 @@ def test_paper_preset_gradients_equal_autodiff(mri_problem, x64):
     assert _max_relative_error(grad(net, op, ys, images, MLM()), grad(net, op, ys, images, Autodiff())) < 1e-12
 
 
+@pytest.mark.slow
 def test_loa_gradients_under_vmap_over_tasks(mri_problem, x64):
     """Tasks differ in mask and task weight ω; vmap over the stacked tasks."""
     images, _, _ = mri_problem
@@ -185,6 +186,7 @@ def test_loa_gradients_under_vmap_over_tasks(mri_problem, x64):
     assert jnp.all(jnp.abs(ours[1]) > 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", [0, 1], ids=["LOA", "PDNet"])
 def test_network_reverse_over_reverse(index, mri_problem, x64):
     images, op, ys = mri_problem

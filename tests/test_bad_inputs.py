@@ -6,9 +6,6 @@ The valid edge cases that must keep working close the file."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import equinox as eqx
@@ -362,7 +359,7 @@ def _batch(task_ids):
     return bilevel.sample_batch(_stacked_tasks(), KEY, "train", 1, task_ids=task_ids)
 
 
-_SHARED_THETA, _SHARED_STATIC = eqx.partition(bilevel.Shared(LOA_NET), eqx.is_inexact_array)
+_SHARED_THETA, _SHARED_STATIC = eqx.partition(bilevel.Shared(DC_NET), eqx.is_inexact_array)
 _SUP = lambda p, b: bilevel.supervised_loss(eqx.combine(p, _SHARED_STATIC), b)  # noqa: E731
 _RIDGE_DICT = lambda p, a: jnp.sum((p["w"] - a["t"]) ** 2)  # noqa: E731
 
@@ -520,17 +517,11 @@ def test_the_table_is_large_enough():
 # ------------------------------------------------------------------ console scripts
 
 
-ENTRY_POINTS = {"train": "cli:train_main", "evaluate": "cli:evaluate_main", "adapt": "cli:adapt_main",
-                "baselines": "cli:baselines_main", "reconstruct": "reconstruct:reconstruct_main"}
+def _script(entry, *overrides):
+    """The console script ``metajax-ENTRY`` with Hydra overrides, in process (tests/console.py)."""
+    from console import console
 
-
-def _script(entry, *overrides, cwd=ROOT):
-    """The console script ``metajax-ENTRY`` with Hydra overrides (as the installed script runs it)."""
-    module, function = ENTRY_POINTS[entry].split(":")
-    code = (f"import sys; from metajax.engine.{module} import {function}; sys.argv = ['metajax-{entry}', "
-            f"*sys.argv[1:]]; {function}()")
-    return subprocess.run([sys.executable, "-c", code, *overrides], capture_output=True, text=True, timeout=300,
-                          cwd=cwd, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    return console(entry, *overrides)
 
 
 CLI = [
@@ -569,6 +560,7 @@ def test_console_script_rejects_bad_input_before_any_work(tmp_path, name, comman
     assert not (tmp_path / "run" / "config.yaml").exists() and not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_a_corrupted_checkpoint_is_named_and_never_used(tmp_path):
     run = tmp_path / "run"
     first = _script("train", "preset=ci", "trainer.steps=4", "eval.figure=false", f"hydra.run.dir={run}")
@@ -605,7 +597,7 @@ def test_valid_edge_cases_keep_working():
     assert float(masks.sampling_ratio(jnp.ones((2, 4, 4)))[1]) == 1.0
     single = data.stack_tasks([data.Task(OP, X, X, X)])  # one task
     batch = bilevel.sample_batch(single, KEY, "train", 1)  # a batch of one
-    model = bilevel.TaskWeighted(LOA_NET, 1)
+    model = bilevel.TaskWeighted(DC_NET, 1)
     theta, static = eqx.partition(model, eqx.is_inexact_array)
     loss = lambda p, b: bilevel.supervised_loss(eqx.combine(p, static), b)  # noqa: E731
     grad, _ = bilevel.task_mean_gradient(bilevel.MAML(optax.sgd(1e-6), 1), loss, loss, theta, batch)  # K = 1

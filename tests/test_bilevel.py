@@ -179,6 +179,7 @@ def loa_batches():
         return sample_batch(tasks, jax.random.key(1), "train", 1), sample_batch(tasks, jax.random.key(2), "val", 1)
 
 
+@pytest.mark.slow
 def test_maml_on_loa_mlm_equals_autodiff(loa_batches, x64):
     """Second order through LOA's unrolled phases inside unrolled inner steps, both adjoints."""
     one_task = jax.tree.map(lambda a: a[1], loa_batches)
@@ -221,6 +222,7 @@ def _smooth_model(num_tasks=3, size=4, seed=0):
     return TaskWeighted(net, num_tasks, omega=jnp.asarray(rng.standard_normal(num_tasks)), dtype=jnp.float64)
 
 
+@pytest.mark.slow
 def test_maml_vmap_over_tasks_equals_a_python_loop(x64):
     tasks = _inpainting_tasks()
     batches = sample_batch(tasks, jax.random.key(0), "train", 3), sample_batch(tasks, jax.random.key(1), "val", 2)
@@ -279,6 +281,7 @@ def test_penalty_gradient_equals_central_finite_differences(x64):
     assert float(info["penalty"]) > 0 and float(info["grad_sq_omega"]) > 0
 
 
+@pytest.mark.slow
 def test_penalty_gradient_on_loa_mlm_equals_autodiff(loa_batches, x64):
     grads = []
     for adjoint in (Autodiff(), MLM()):
@@ -412,6 +415,7 @@ def _bayes(cov, mask, sigma):
     return cov @ p.T @ np.linalg.solve(p @ cov @ p.T + sigma**2 * np.eye(len(p)), p)
 
 
+@pytest.mark.slow
 def test_linear_gaussian_meta_learning_approaches_bayes_and_finetuning_keeps_the_kernel(x64):
     size, sigma, lam = 4, 0.1, 0.16  # the loss sums 16 pixels: λ and the step are scaled by 16
     rng = np.random.default_rng(7)
@@ -459,6 +463,7 @@ def test_linear_gaussian_meta_learning_approaches_bayes_and_finetuning_keeps_the
 # ------------------------------------------------------------------ interop: flax.nnx modules
 
 
+@pytest.mark.slow
 def test_maml_and_implicit_on_a_flax_nnx_module_match_equinox(x64):
     nnx = pytest.importorskip("flax.nnx")
 
@@ -491,6 +496,7 @@ def test_maml_and_implicit_on_a_flax_nnx_module_match_equinox(x64):
         np.testing.assert_allclose(g_nnx["out"]["bias"].get_value(), g_eqx["b2"], rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_implicit_on_loa_through_the_mlm_adjoint_equals_autodiff(loa_batches, x64):
     """Reverse-over-reverse Hessian-vector products work through the MLM custom VJP."""
     one_task = jax.tree.map(lambda a: a[0], loa_batches)

@@ -48,7 +48,8 @@ def test_value_gradient_jvp_and_hessian_vector_products_match(operands):
     assert max_error(jax.grad(third(ours), (0, 1))(x, kernel), jax.grad(third(ref), (0, 1))(x, kernel)) < 1e-12
 
 
-@pytest.mark.parametrize("axes", [(0, None), (None, 0), (0, 0)], ids=["images", "kernels", "both"])
+@pytest.mark.parametrize("axes", [pytest.param((0, None), id="images", marks=pytest.mark.slow), pytest.param((None, 0), id="kernels"),
+                                  pytest.param((0, 0), id="both")])
 def test_vmap_over_images_kernels_or_both(axes, operands):
     x, kernel, _, _ = operands
     xs, ks = jnp.stack([x, 2 * x, -x]), jnp.stack([kernel, 0.5 * kernel, kernel**2])

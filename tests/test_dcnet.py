@@ -71,6 +71,7 @@ def _loss_and_parts(net, op, y, x, omega, adjoint):
     return loss, params
 
 
+@pytest.mark.slow
 def test_mlm_gradient_equals_autodiff_and_finite_differences(x64):
     op = SingleCoilMRI(masks.radial(jax.random.key(0), (12, 12), 0.3))
     x = _image(jax.random.key(1), 12)
@@ -93,6 +94,7 @@ def test_mlm_gradient_equals_autodiff_and_finite_differences(x64):
     assert float(fd_omega) == pytest.approx(float(g_ad[1]), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_float32_gradient_matches_float64_of_the_same_weights():
     """The numerics of training in float32: relative error of the float32 gradient ≤ 1e-2."""
     op = SingleCoilMRI(masks.radial(jax.random.key(0), (32, 32), 0.2))
@@ -150,6 +152,7 @@ def test_ratio_weighted_interpolates_omega_between_trained_ratios():
         bilevel.RatioWeighted(net, [0.1, 0.1], jnp.zeros(2))
 
 
+@pytest.mark.slow
 def test_losses_with_lax_map_equal_the_vmapped_losses(x64):
     op = SingleCoilMRI(masks.radial(jax.random.key(0), (12, 12), 0.3))
     xs = jnp.stack([_image(jax.random.key(i), 12) for i in range(4)])

@@ -67,6 +67,7 @@ def assert_same_run(run_dir: Path, reference: Path) -> None:
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_on_two_devices_and_survive_a_kill(tmp_path):
     """One process on two forced CPU devices, then the same run as two processes with one device each (tasks
     sharded the same way): same metrics and parameters, one writer. Then a pair whose process 1 is SIGKILLed:
@@ -118,6 +119,7 @@ def test_multi_process_keys_are_checked_before_any_work(tmp_path):
         assert not (tmp_path / "config.yaml").exists()
 
 
+@pytest.mark.slow
 def test_submitit_local_sweep_runs_each_point_as_two_processes(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     result = subprocess.run([*TRAIN, "-m", "cluster=local", "preset=ci", "eval.figure=false", "trainer.steps=2",

@@ -24,9 +24,17 @@ def run(entry: str, *overrides, cwd=None, env=None, check=True):
     return result
 
 
-def test_train_evaluate_baselines_adapt_end_to_end(tmp_path):
-    train_dir = tmp_path / "train"
-    result = run("train", "preset=ci", f"hydra.run.dir={train_dir}")
+@pytest.fixture(scope="session")
+def ci_run(tmp_path_factory):
+    """One ``metajax-train preset=ci`` run (a real subprocess), for the tests of what reads a run directory."""
+    train_dir = tmp_path_factory.mktemp("ci_run") / "train"
+    return train_dir, run("train", "preset=ci", f"hydra.run.dir={train_dir}")
+
+
+def test_train_evaluate_adapt_end_to_end(ci_run, tmp_path):
+    """The three console scripts of a run directory, each a real subprocess: train writes it, evaluate
+    reproduces its table, adapt fits a task weight on it."""
+    train_dir, result = ci_run
     for name in ("model.eqx", "metrics.json", "results.md", "results.csv", "reconstructions.png", "omega.json",
                  "train_log.jsonl", "run_info.json", "config.yaml", "curves.png"):
         assert (train_dir / name).is_file(), name
@@ -36,21 +44,19 @@ def test_train_evaluate_baselines_adapt_end_to_end(tmp_path):
     assert "loa (penalty)" in result.stdout
     assert "step 0: validation PSNR" in result.stdout
 
-    evaluated = tmp_path / "evaluate"
-    run("evaluate", "preset=ci", f"model_dir={train_dir}", f"hydra.run.dir={evaluated}")
-    again = json.loads((evaluated / "metrics.json").read_text())["rows"]
+    run("evaluate", "preset=ci", f"model_dir={train_dir}", "eval.figure=false", f"hydra.run.dir={tmp_path / 'e'}")
+    again = json.loads((tmp_path / "e" / "metrics.json").read_text())["rows"]
     assert [r["psnr"] for r in again] == pytest.approx([r["psnr"] for r in rows], rel=1e-6)
 
-    baselines = tmp_path / "baselines"
-    run("baselines", "preset=ci", f"hydra.run.dir={baselines}")
-    methods = {r["method"] for r in json.loads((baselines / "metrics.json").read_text())["rows"]}
-    assert methods == {"zero-filled", "TV", "conventional"}
-
-    adapted = tmp_path / "adapt"
     run("adapt", "preset=ci", f"adapt.model_dir={train_dir}", "adapt.mode=omega", "tasks.ratios=[0.3]",
-        "adapt.images=2", "adapt.steps=3", f"hydra.run.dir={adapted}")
-    methods = [r["method"] for r in json.loads((adapted / "metrics.json").read_text())["rows"]]
+        "adapt.images=2", "adapt.steps=3", "eval.figure=false", f"hydra.run.dir={tmp_path / 'a'}")
+    methods = [r["method"] for r in json.loads((tmp_path / "a" / "metrics.json").read_text())["rows"]]
     assert methods == ["before adaptation", "adapted (omega, supervised)"]
+
+
+@pytest.mark.slow
+def test_adapt_self_and_finetune_from_a_run(ci_run, tmp_path):
+    train_dir, _ = ci_run
     selfsup = tmp_path / "self"
     run("adapt", "preset=ci", f"adapt.model_dir={train_dir}", "tasks.ratios=[0.3]", "adapt.steps=4",
         "adapt.eval_every=2", "adapt.progress=false", f"hydra.run.dir={selfsup}")
@@ -66,6 +72,29 @@ def test_train_evaluate_baselines_adapt_end_to_end(tmp_path):
     assert methods == ["before adaptation"] * 2 + ["adapted (finetune, measurement)"] * 2
 
 
+def test_baselines_end_to_end(tmp_path):
+    run("baselines", "preset=ci", "eval.figure=false", f"hydra.run.dir={tmp_path}")
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    assert {r["method"] for r in result["rows"]} == {"zero-filled", "TV", "conventional"}
+    assert len(result["tv_tuning"]) == 2 and "TV λ per task" in (tmp_path / "results.md").read_text()
+
+
+def test_config_errors_exit_naming_the_key_before_any_work(tmp_path):
+    """DESIGN §3: an unknown key or a wrong type exits non-zero naming the key, before any training (in process:
+    tests/console.py; the scripts' own subprocess runs are the end-to-end tests above)."""
+    from console import console
+
+    for override, message in (("trainer.steps=abc", "trainer.steps"), ("trainer.stepz=3", "trainer.stepz"),
+                              ("data.source=fastmri", "data.path"),
+                              ("data.path=/nonexistent.h5", "data.path")):
+        extra = ["data.source=fastmri"] if override.startswith("data.path") else []
+        result = console("train", "preset=ci", override, *extra, f"hydra.run.dir={tmp_path}")
+        assert result.returncode != 0
+        assert message in result.stdout + result.stderr, result.stdout + result.stderr
+        assert not (tmp_path / "train_log.jsonl").exists()  # failed before any training
+
+
+@pytest.mark.slow
 def test_train_evaluates_an_unseen_mask_family_with_self_adaptation(tmp_path):
     """eval.shift (the README job's): meta-learned and conventional side by side on an unseen family, zero-shot
     and self-adapted."""
@@ -81,6 +110,7 @@ def test_train_evaluates_an_unseen_mask_family_with_self_adaptation(tmp_path):
     assert bad.returncode != 0 and "eval.shift" in bad.stderr
 
 
+@pytest.mark.slow
 def test_conventional_per_task_trains_one_network_per_task(tmp_path):
     run("train", "preset=ci", "solver=conventional", "solver.per_task=true", "eval.figure=false",
         f"hydra.run.dir={tmp_path}")
@@ -88,6 +118,7 @@ def test_conventional_per_task_trains_one_network_per_task(tmp_path):
     assert [r["method"] for r in rows] == ["loa (conventional)"] * 2
 
 
+@pytest.mark.slow
 def test_sweep_over_every_solver_writes_one_table(tmp_path):
     solvers = ["penalty", "implicit", "maml", "fomaml", "task_weights", "conventional"]
     run("train", "-m", "preset=ci", f"solver={','.join(solvers)}", "trainer.steps=2", "tasks.ratios=[0.3,0.4]",
@@ -99,17 +130,7 @@ def test_sweep_over_every_solver_writes_one_table(tmp_path):
     assert (tmp_path / "4" / "task_weights.json").is_file()
 
 
-def test_config_errors_fail_fast_naming_the_key(tmp_path):
-    for override, message in (("trainer.steps=abc", "trainer.steps"), ("trainer.stepz=3", "trainer.stepz"),
-                              ("data.source=fastmri", "data.path"),
-                              ("data.path=/nonexistent.h5", "data.path")):
-        extra = ["data.source=fastmri"] if override.startswith("data.path") else []
-        result = run("train", "preset=ci", override, *extra, f"hydra.run.dir={tmp_path}", check=False)
-        assert result.returncode != 0
-        assert message in result.stdout + result.stderr, result.stdout + result.stderr
-        assert not (tmp_path / "train_log.jsonl").exists()  # failed before any training
-
-
+@pytest.mark.slow
 def test_injected_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     result = run("train", "preset=ci", "trainer.inject_nan_at=3", f"hydra.run.dir={tmp_path}", check=False)
     assert result.returncode != 0
@@ -128,6 +149,7 @@ def test_injected_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path
     assert int(state.step) == 2 and all(bool(jax.numpy.all(jax.numpy.isfinite(a))) for a in jax.tree.leaves(params))
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_gives_a_byte_identical_model(tmp_path):
     overrides = ["preset=ci", "trainer.steps=300", "trainer.checkpoint_every=5", "eval.figure=false"]
     run("train", *overrides, f"hydra.run.dir={tmp_path / 'straight'}")
@@ -148,6 +170,7 @@ def test_sigkill_and_resume_gives_a_byte_identical_model(tmp_path):
     assert (killed / "model.eqx").read_bytes() == (tmp_path / "straight" / "model.eqx").read_bytes()
 
 
+@pytest.mark.slow
 def test_two_devices_give_the_same_parameters_as_one(tmp_path):
     """XLA_FLAGS forces two CPU devices in the subprocess; tasks are sharded over them."""
     import equinox as eqx
@@ -196,6 +219,7 @@ def test_presets_compose_with_the_chosen_groups():
         assert (long.solver.name, long.data.source, long.trainer.lr_schedule) == ("joint", "chest", "cosine")
 
 
+@pytest.mark.slow
 def test_validation_is_logged_the_best_model_kept_and_the_baseline_table_reproducible(tmp_path):
     tables = []
     for name in ("a", "b"):
@@ -244,6 +268,7 @@ def _pretrained_name():
     return names[0]
 
 
+@pytest.mark.slow
 def test_evaluate_and_adapt_a_pretrained_model_on_other_data(tmp_path):
     name = _pretrained_name()
     overrides = ["preset=ci", "data=template", "data.size=64", "tasks=radial", "tasks.ratios=[0.15,0.35]",
@@ -261,20 +286,14 @@ def test_evaluate_and_adapt_a_pretrained_model_on_other_data(tmp_path):
     assert bad.returncode != 0 and "no pretrained model 'nope'" in bad.stderr
 
 
-def test_reconstruct_a_users_kspace_and_reject_mismatches_before_work(tmp_path):
+def test_reconstruct_a_users_kspace_end_to_end(tmp_path):
     import h5py
     import numpy as np
 
-    from metajax import data, metrics
-    from metajax.operators import fft2c
+    from metajax import metrics
 
     name = _pretrained_name()
-    images = data.chest_images()[85:87]
-    mask = data.pseudo_radial_mask(0.2)
-    scan = tmp_path / "scan.h5"
-    with h5py.File(scan, "w") as f:  # fully sampled, 3× the training scale: undersampled and rescaled for the model
-        f["kspace"] = np.asarray(fft2c(3.0 * images.astype(np.complex64)))
-        f["mask"] = mask.astype(np.uint8)
+    scan, images, _ = _users_scan(tmp_path)
     out = tmp_path / "out"
     result = run_script("metajax.engine.reconstruct", f"input={scan}", f"model=pretrained:{name}",
                         f"hydra.run.dir={out}")
@@ -288,6 +307,40 @@ def test_reconstruct_a_users_kspace_and_reject_mismatches_before_work(tmp_path):
     truth = 3.0 * images
     gain = np.asarray(metrics.psnr(recon, truth)) - np.asarray(metrics.psnr(zero_filled, truth))
     assert np.all(gain > 2.0), gain
+
+
+def _users_scan(tmp_path):
+    """Two fully sampled chest slices at 3× the training scale, with a pseudo-radial mask in the file."""
+    import h5py
+    import numpy as np
+
+    from metajax import data
+    from metajax.operators import fft2c
+
+    images = data.chest_images()[85:87]
+    mask = data.pseudo_radial_mask(0.2)
+    scan = tmp_path / "scan.h5"
+    with h5py.File(scan, "w") as f:  # fully sampled, 3× the training scale: undersampled and rescaled for the model
+        f["kspace"] = np.asarray(fft2c(3.0 * images.astype(np.complex64)))
+        f["mask"] = mask.astype(np.uint8)
+    return scan, images, mask
+
+
+@pytest.mark.slow
+def test_reconstruct_self_adaptation_on_the_files_own_measurements(tmp_path):
+    import h5py
+    import numpy as np
+
+    from metajax import metrics
+
+    name = _pretrained_name()
+    scan, images, _ = _users_scan(tmp_path)
+    truth = 3.0 * images
+    out = tmp_path / "out"
+    run_script("metajax.engine.reconstruct", f"input={scan}", f"model=pretrained:{name}", "png=false", "check=false",
+               f"hydra.run.dir={out}")
+    with h5py.File(out / "reconstruction.h5", "r") as f:
+        recon = f["reconstruction"][()]
     adapted = tmp_path / "adapted"
     result = run_script("metajax.engine.reconstruct", f"input={scan}", f"model=pretrained:{name}", "adapt=self",
                         "adapt_steps=2", "png=false", "check=false", f"hydra.run.dir={adapted}")
@@ -299,6 +352,15 @@ def test_reconstruct_a_users_kspace_and_reject_mismatches_before_work(tmp_path):
         again = np.asarray(metrics.psnr(f["reconstruction"][()], truth))
     if report["best_step"] == 0:  # nothing better on the held-out k-space: the model as it was
         np.testing.assert_allclose(again, np.asarray(metrics.psnr(recon, truth)), atol=1e-3)
+
+
+def test_reconstruct_rejects_mismatches_before_work(tmp_path):
+    import h5py
+    import numpy as np
+
+    from console import console
+
+    scan, _, _ = _users_scan(tmp_path)
     with h5py.File(tmp_path / "multicoil.h5", "w") as f:
         f["kspace"] = np.zeros((1, 4, 8, 8), np.complex64)
     with h5py.File(tmp_path / "masks.h5", "w") as f:
@@ -308,11 +370,12 @@ def test_reconstruct_a_users_kspace_and_reject_mismatches_before_work(tmp_path):
                           ([f"input={tmp_path / 'none.h5'}"], "does not exist"),
                           ([f"input={scan}", "model=pretrained:nope"], "no pretrained model"),
                           ([f"input={scan}", "adapt=yes"], "`adapt` must be none or self")):
-        bad = run_script("metajax.engine.reconstruct", *args, f"hydra.run.dir={tmp_path / 'bad'}", check=False)
+        bad = console("reconstruct", *args, f"hydra.run.dir={tmp_path / 'bad'}")
         assert bad.returncode != 0 and message in bad.stderr, bad.stderr[-2000:]
         assert not (tmp_path / "bad" / "reconstruction.h5").exists()
 
 
+@pytest.mark.slow
 def test_reconstruct_flags_an_out_of_domain_model_and_falls_back_to_tv(tmp_path):
     """The previous, radial-only chest_dcnet (tests/data) on a fastMRI 1-D mask: the self-check names the slices,
     fallback=tv replaces them by TV (above zero-filled), fallback=none keeps the model's output (below it)."""
@@ -353,6 +416,7 @@ def run_script(module: str, *overrides, check=True):
     return result
 
 
+@pytest.mark.slow
 def test_mixture_tasks_draw_a_fresh_mask_each_step_and_warm_start(tmp_path):
     """tasks.mask=mixture: one task per (family, ratio), labelled in the tables; tasks.bank resamples masks per
     step; trainer.init starts θ and ω from a trained run (mask-aware DCNet: the same reconstructions at step 0)."""
@@ -394,6 +458,7 @@ def _multicoil_scan(path, slices=(85, 86), coils=8, header=True):
     return np.stack([np.asarray(s.target) for s in sims]) * 1e4
 
 
+@pytest.mark.slow
 def test_reconstruct_multicoil_scans_end_to_end(tmp_path):
     """A simulated fastMRI multi-coil file undersampled retrospectively (mask_family=…): ESPIRiT maps, the shipped
     multi-coil model, RSS-scale output above zero-filled RSS on every slice by more than 3 dB (the card's worst
@@ -423,6 +488,8 @@ def test_reconstruct_multicoil_scans_end_to_end(tmp_path):
 def test_reconstruct_multicoil_rejects_what_does_not_fit_before_work(tmp_path):
     import h5py
 
+    from console import console
+
     scan = tmp_path / "mc.h5"
     _multicoil_scan(scan, slices=(85,), coils=4, header=False)
     with h5py.File(tmp_path / "no_acs.h5", "w") as f:
@@ -444,11 +511,12 @@ def test_reconstruct_multicoil_rejects_what_does_not_fit_before_work(tmp_path):
                           ([f"input={scan}", "maps=bart"], "`maps`"),
                           ([f"input={scan}", "mask_family=spiral"], "`mask_family`"),
                           ([f"input={tmp_path}"], "is a directory")):
-        bad = run_script("metajax.engine.reconstruct", *args, f"hydra.run.dir={tmp_path / 'bad'}", check=False)
+        bad = console("reconstruct", *args, f"hydra.run.dir={tmp_path / 'bad'}")
         assert bad.returncode != 0 and message in bad.stderr, (args, bad.stderr[-2000:])
         assert "Traceback" not in bad.stderr and not (tmp_path / "bad" / "reconstruction.h5").exists()
 
 
+@pytest.mark.slow
 def test_reconstruct_the_real_multicoil_bart_slice(tmp_path, shared_file):
     """The real 8-coil brain slice (raw units, 2-D Poisson-disc undersampling, no reference): it runs, the output
     keeps the input's size and the RSS scale, and agrees with the measured k-space."""

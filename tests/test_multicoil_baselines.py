@@ -34,6 +34,7 @@ def test_sense_is_the_regularised_least_squares_solution(x64):
     np.testing.assert_allclose(np.asarray(sense_reconstruction(operator, y, lam, 200)).ravel(), exact, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_sense_and_l1_wavelet_equal_sigpy(x64):
     app = pytest.importorskip("sigpy.mri").app
     operator, y, maps, mask = _problem()
@@ -62,6 +63,7 @@ def test_wavelets_are_orthonormal_and_match_pywavelets(x64, wavelet):
         wavelet_transform(jnp.asarray(x), wavelet, 9)
 
 
+@pytest.mark.slow
 def test_l1_wavelet_decreases_its_objective_and_converges(x64):
     operator, y, _, _ = _problem(32, 4)
 

@@ -31,6 +31,7 @@ def _grid():
             for i, (label, family, ratio) in enumerate(zip(task_labels(tasks), task_families(tasks), tasks.ratios))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_model_reproduces_its_card_on_three_test_slices_of_every_family(name):
     model, card = pretrained.load(name)
@@ -87,6 +88,7 @@ def test_model_takes_any_mask_and_size_and_picks_omega_by_ratio(name):
         assert float(model.omega_for(SingleCoilMRI(mask))) == pytest.approx(np.mean(same), abs=2e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MULTICOIL)
 def test_multicoil_model_reproduces_its_card_and_beats_the_classical_baselines(name):
     """Three test slices of every task re-simulated (same keys as the card) and reconstructed to the card's PSNR;

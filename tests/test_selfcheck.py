@@ -84,6 +84,7 @@ def test_self_check_flags_the_radial_only_model_where_it_is_below_zero_filled(fa
     assert pretrained.self_check(model, mask, y, KEY)["flag"].all()
 
 
+@pytest.mark.slow
 def test_self_check_rarely_flags_the_shipped_model_on_the_pseudo_radial_masks():
     """In its domain (all 15 chest test slices at 10 / 20 / 30 %) the shipped model is flagged on at most 5 % of
     the slices (the false-alarm target of issue 23)."""

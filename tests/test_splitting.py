@@ -32,6 +32,7 @@ def test_split_partitions_the_mask_keeps_the_centre_and_draws_the_fraction(selec
     assert abs(np.mean(shares) - 0.4) < 4 * np.sqrt(0.4 * 0.6 / m / 200) + (0.01 if selection == "gaussian" else 0)
 
 
+@pytest.mark.slow
 def test_gaussian_selection_favours_the_centre():
     mask = jnp.ones((64, 64), bool)
     lam = jnp.mean(jnp.stack([masks.split(jax.random.key(i), mask, 0.4, selection="gaussian")[1]
@@ -121,6 +122,7 @@ def test_splitting_loss_multicoil_sums_the_coils(x64):
     np.testing.assert_allclose(float(value), reference, rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_measurement_loss_is_blind_for_dcnet_and_the_splitting_loss_is_not():
     """Exact data consistency makes ‖A f(y) − y‖ vanish whatever the weights; the splitting loss does not."""
     model, _ = pretrained.load("chest_dcnet")

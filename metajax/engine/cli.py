@@ -83,7 +83,8 @@ def _report(out_dir: Path, rows, images, ratios, cfg, title: str, extra: dict | 
         return
     table = evaluation.markdown(rows, title)
     if extra and extra.get("tv_tuning"):
-        table += "\n" + evaluation.tuning_note(extra["tv_tuning"], task_labels(cfg.tasks)) + "\n"
+        labels = task_labels(cfg.tasks) or [f"ratio {r:.2f}" for r in cfg.tasks.ratios]
+        table += "\n" + evaluation.tuning_note(extra["tv_tuning"], labels) + "\n"
     (out_dir / "results.md").write_text(table)
     (out_dir / "results.csv").write_text(evaluation.to_csv(rows))
     overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
