@@ -133,6 +133,19 @@ def check_positive(name: str, value) -> float:
     return float(value)
 
 
+def check_per_image(name: str, value, batch_shape, of: str) -> None:
+    """``value`` is a scalar or one value per image: its shape broadcasts to ``batch_shape`` (the leading axes of
+    ``of``, named in the message) without growing it."""
+    batch_shape = tuple(batch_shape)
+    try:
+        fits = np.broadcast_shapes(tuple(jnp.shape(value)), batch_shape) == batch_shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"`{name}` of shape {tuple(jnp.shape(value))} must be a scalar or broadcast to the batch "
+                         f"shape {batch_shape} of `{of}` (one value per image).")
+
+
 def check_key(name: str, key) -> None:
     """A ``jax.random`` key: a typed key array or a raw uint32 key of shape (2,)."""
     dtype = getattr(key, "dtype", None)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metajax._validation import check_finite, check_min_ndim, check_real, is_concrete
+from metajax._validation import check_finite, check_min_ndim, check_per_image, check_real, is_concrete
 
 __all__ = [
     "evaluate_volume",
@@ -51,14 +51,7 @@ def _data_range(ref, data_range) -> jax.Array:
     check_finite("data_range", data_range)
     if is_concrete(data_range) and np.any(np.asarray(data_range) <= 0):
         raise ValueError(f"`data_range` must be positive; got {data_range}.")
-    batch_shape = tuple(jnp.shape(ref))[:-2]
-    try:
-        fits = np.broadcast_shapes(jnp.shape(data_range), batch_shape) == batch_shape
-    except ValueError:
-        fits = False
-    if not fits:
-        raise ValueError(f"`data_range` of shape {tuple(jnp.shape(data_range))} must be a scalar or broadcast to the "
-                         f"{batch_shape} images of `ref` (one peak per image).")
+    check_per_image("data_range", data_range, jnp.shape(ref)[:-2], "ref")
     return jnp.asarray(data_range)
 
 

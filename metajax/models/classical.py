@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metajax._validation import check_finite, check_positive_int, is_concrete
+from metajax._validation import check_finite, check_per_image, check_positive_int, is_concrete
 from metajax.linear_solve import conjugate_gradient
 from metajax.operators.base import LinearOperator
 from metajax.operators.wavelet import inverse_wavelet_transform, wavelet_transform
@@ -120,14 +120,7 @@ def _batched(solve_one, operator, y, weight):
 def _check_classical(operator, y, weight, iterations) -> int:
     check_finite("y", y)
     check_finite("weight", weight)
-    batch_shape = tuple(jax.eval_shape(operator.adjoint, y).shape[:-2])
-    try:
-        fits = np.broadcast_shapes(np.shape(weight), batch_shape) == batch_shape
-    except ValueError:
-        fits = False
-    if not fits:
-        raise ValueError(f"`weight` of shape {np.shape(weight)} must be a scalar or broadcast to the batch shape "
-                         f"{batch_shape} of `y` (one λ per image).")
+    check_per_image("weight", weight, jax.eval_shape(operator.adjoint, y).shape[:-2], "y")
     if is_concrete(weight) and not np.all(np.asarray(weight) >= 0):
         raise ValueError(f"`weight` must be non-negative; got {weight}.")
     return check_positive_int("iterations", iterations)
