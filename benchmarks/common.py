@@ -87,3 +87,25 @@ def write(name: str, rows: list[dict], columns: list[str], note: str = "", extra
     (RESULTS / f"{name}.md").write_text(text)
     print(text)
     return RESULTS / f"{name}.json"
+
+
+def peer_arguments(doc: str, torch, check_agreement, tolerance: float = 1e-10):
+    """The common start of a PyTorch peer benchmark: ``--smoke`` / ``--repeats``; ``None`` (nothing to time)
+    when PyTorch is missing or with ``--smoke``, after the float64 agreement check (asserted below
+    ``tolerance``); else the parsed arguments with ``agreement`` (that relative difference) added, and PyTorch
+    set to every core."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    if torch is None:
+        print("PyTorch is not installed (pip install -e '.[bench]'); skipping.")
+        return None
+    torch.set_num_threads(os.cpu_count())
+    agreement = check_agreement()
+    print(f"float64 loss and gradient, metajax vs PyTorch: relative difference {agreement:.2e}")
+    assert agreement < tolerance, agreement
+    args.agreement = agreement
+    return None if args.smoke else args

@@ -18,8 +18,6 @@ results/dcnet_multicoil_torch.{json,md}.
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -30,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import peak_rss_growth, round_robin, write  # noqa: E402
+from common import peak_rss_growth, peer_arguments, round_robin, write  # noqa: E402
 
 from metajax import data, masks  # noqa: E402
 from metajax.bilevel import TaskWeighted  # noqa: E402
@@ -173,18 +171,8 @@ def check_agreement() -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    if torch is None:
-        print("PyTorch is not installed (pip install -e '.[bench]'); skipping.")
-        return
-    torch.set_num_threads(os.cpu_count())
-    agreement = check_agreement()
-    print(f"float64 loss and gradient, metajax vs PyTorch: relative difference {agreement:.2e}")
-    assert agreement < 1e-10, agreement
-    if args.smoke:
+    args = peer_arguments(__doc__, torch, check_agreement)
+    if args is None:
         return
     model = network(jnp.float32)
     batch = problem(jnp.float32)
@@ -202,7 +190,7 @@ def main() -> None:
     write("dcnet_multicoil_torch", rows, ["variant", "step_s", "images_per_s", "vs_pytorch", "memory_MiB"],
           note=f"Multi-coil training step (loss + gradient), 2 simulated 256² 8-coil slices, float32, 5 phases × "
                f"7 layers × 16 channels, 6 CG iterations; median of {args.repeats} rounds. vs_pytorch > 1: metajax "
-               f"faster. float64 agreement with PyTorch: {agreement:.1e}.", extra={"agreement_float64": agreement})
+               f"faster. float64 agreement with PyTorch: {args.agreement:.1e}.", extra={"agreement_float64": args.agreement})
 
 
 if __name__ == "__main__":

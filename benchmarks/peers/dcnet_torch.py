@@ -26,8 +26,6 @@ results/dcnet_torch.{json,md}.
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -38,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import peak_rss_growth, round_robin, write  # noqa: E402
+from common import peak_rss_growth, peer_arguments, round_robin, write  # noqa: E402
 
 from metajax import bilevel, data  # noqa: E402
 from metajax.models import LOA, DCNet  # noqa: E402
@@ -163,18 +161,8 @@ def check_agreement() -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    if torch is None:
-        print("PyTorch is not installed (pip install -e '.[bench]'); skipping.")
-        return
-    torch.set_num_threads(os.cpu_count())
-    agreement = check_agreement()
-    print(f"float64 loss and gradient, metajax vs PyTorch: relative difference {agreement:.2e}")
-    assert agreement < 1e-10, agreement
-    if args.smoke:
+    args = peer_arguments(__doc__, torch, check_agreement)
+    if args is None:
         return
     operators, x, y = batch(jnp.float32)
     key = jax.random.key(0)
@@ -202,8 +190,8 @@ def main() -> None:
                                 "memory_kind"],
           note=f"Training step (loss + gradient), {len(x)} chest images of 256² (one per pseudo-radial task), "
                f"float32; median of {args.repeats} round-robin rounds. vs_shipped_lax_map > 1: faster than the "
-               f"shipped DCNet with lax.map. float64 agreement with PyTorch: {agreement:.1e}.",
-          extra={"agreement_float64": agreement})
+               f"shipped DCNet with lax.map. float64 agreement with PyTorch: {args.agreement:.1e}.",
+          extra={"agreement_float64": args.agreement})
 
 
 if __name__ == "__main__":
