@@ -52,6 +52,7 @@ def test_self_adaptation_reads_no_ground_truth_and_keeps_the_best_step(setting):
         adaptation.adapt(model, op, y, settings, images=y, progress=False)
 
 
+@pytest.mark.slow
 def test_a_step_size_that_wrecks_the_model_is_not_kept():
     """lr 0.1 wrecks the shipped network; the held-out error catches it and the unadapted model comes back."""
     shipped, _ = pretrained.load("chest_dcnet")

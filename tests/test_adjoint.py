@@ -143,7 +143,8 @@ def _networks():
     ]
 
 
-@pytest.mark.parametrize("index", [pytest.param(0, id="LOA", marks=pytest.mark.slow), pytest.param(1, id="PDNet")])
+@pytest.mark.slow  # the default suite keeps the LOA paper preset (below) and the toy checks
+@pytest.mark.parametrize("index", [0, 1], ids=["LOA", "PDNet"])
 def test_network_gradients_equal_autodiff_with_batch_vmap_and_jit(index, mri_problem, x64):
     images, op, ys = mri_problem
     net = _networks()[index]

@@ -108,15 +108,21 @@ def test_two_processes_equal_one_process_on_two_devices_and_survive_a_kill(tmp_p
 
 
 def test_multi_process_keys_are_checked_before_any_work(tmp_path):
+    """Bad multi-process keys fail before any work: the malformed ones in process (tests/console.py), the
+    cluster auto-detection in a real subprocess (it asks JAX to join a cluster)."""
+    from console import console
+
     for overrides, key in ((["trainer.coordinator=localhost"], "trainer.coordinator"),
-                           (["trainer.coordinator=auto"], "trainer.coordinator=auto"),  # no cluster here
                            (["trainer.num_processes=2"], "trainer.coordinator"),
                            (["trainer.coordinator=127.0.0.1:1", "trainer.num_processes=2", "trainer.process_id=2"],
                             "trainer.process_id")):
-        result = subprocess.run([*TRAIN, "preset=ci", *overrides, f"hydra.run.dir={tmp_path}"], cwd=ROOT,
-                                capture_output=True, text=True, timeout=120)
+        result = console("train", "preset=ci", *overrides, f"hydra.run.dir={tmp_path}")
         assert result.returncode != 0 and key in result.stderr, (overrides, result.stderr[-2000:])
         assert not (tmp_path / "config.yaml").exists()
+    result = subprocess.run([*TRAIN, "preset=ci", "trainer.coordinator=auto", f"hydra.run.dir={tmp_path}"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)  # no cluster here
+    assert result.returncode != 0 and "trainer.coordinator=auto" in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "config.yaml").exists()
 
 
 @pytest.mark.slow

@@ -70,8 +70,8 @@ def _radial_only_model():
     return bilevel.RatioWeighted.from_task_weighted(trained, ratios)
 
 
-@pytest.mark.parametrize("family, ratio", [("cartesian", 0.25), ("fastmri_equispaced", 0.125),
-                                           ("fastmri_random", 0.25)])
+@pytest.mark.parametrize("family, ratio", [pytest.param("cartesian", 0.25, marks=pytest.mark.slow),
+                                           ("fastmri_equispaced", 0.125), ("fastmri_random", 0.25)])
 def test_self_check_flags_the_radial_only_model_where_it_is_below_zero_filled(family, ratio):
     model = _radial_only_model()
     x = jnp.asarray(data.chest_images()[85:88], jnp.complex64)

@@ -141,6 +141,7 @@ def test_measurement_loss_is_blind_for_dcnet_and_the_splitting_loss_is_not():
     assert norms[0] < 1e-2 * norms[1], norms
 
 
+@pytest.mark.slow
 def test_splitting_loss_as_maml_inner_loss_equals_a_hand_written_step(x64):
     """meta_gradient(MAML, splitting inner, supervised outer) = autodiff of one explicit SGD step."""
     n = 8
