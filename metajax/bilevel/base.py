@@ -225,9 +225,10 @@ def task_mean_gradient(method: BilevelMethod, inner_loss, outer_loss, theta, arg
     """
     _check_method(method)
     groups = args.groups if isinstance(args, TaskGroups) else (args,)
-    for i, group in enumerate(groups):
-        _check_stacked("args" if len(groups) == 1 else f"args.groups[{i}]", group)
-    sizes = [num_tasks("args" if len(groups) == 1 else f"args.groups[{i}]", g) for i, g in enumerate(groups)]
+    names = ["args"] if len(groups) == 1 else [f"args.groups[{i}]" for i in range(len(groups))]
+    for name, group in zip(names, groups):
+        _check_stacked(name, group)
+    sizes = [num_tasks(name, group) for name, group in zip(names, groups)]
     keys = [None] * len(groups) if key is None else jnp.split(jax.random.split(key, sum(sizes)),
                                                                  jnp.cumsum(jnp.array(sizes))[:-1].tolist())
     total, infos = None, []

@@ -164,6 +164,8 @@ def _multiprocess(main):
     """Join the run's processes (``trainer.coordinator``) before ``main``; afterwards wait for all of them.
     An error in a multi-process run ends this process at once, so that the others are ended within
     ``trainer.heartbeat_timeout`` instead of waiting for it."""
+    guarded = guard_writes(main)
+
     @functools.wraps(main)
     def wrapped(cfg):
         try:
@@ -171,7 +173,7 @@ def _multiprocess(main):
         except ConfigError as error:
             _fail(error)
         try:
-            guard_writes(main)(cfg)
+            guarded(cfg)
         except Exception:
             if not jax.distributed.is_initialized():
                 raise
@@ -188,7 +190,9 @@ def _multiprocess(main):
 @hydra.main(version_base=None, config_name="run")
 @_multiprocess
 def train_main(cfg) -> None:
-    """``metajax-train [overrides]``: meta-train (or conventionally train) the configured model, with checkpoints that resume, then evaluate it (and the baselines with ``eval.baselines``) on ``eval.split``; writes the run directory (docs/engine.md)."""
+    """``metajax-train [overrides]``: meta-train (or conventionally train) the configured model, with checkpoints that
+    resume, then evaluate it (and the baselines with ``eval.baselines``) on ``eval.split``; writes the run directory
+    (docs/engine.md)."""
     out_dir = _out_dir()
     try:
         shipped = _pretrained_method(cfg)
@@ -285,7 +289,8 @@ def _model_method(source: ModelSource, exp: Experiment):
 @hydra.main(version_base=None, config_name="run")
 @guard_writes
 def evaluate_main(cfg) -> None:
-    """``metajax-evaluate model_dir=M [overrides]``: evaluate a trained run directory or ``pretrained:NAME`` on the configured (or the model's own) data and tasks."""
+    """``metajax-evaluate model_dir=M [overrides]``: evaluate a trained run directory or ``pretrained:NAME`` on the
+    configured (or the model's own) data and tasks."""
     if cfg.model_dir is None:
         _fail(ConfigError("`model_dir` must name a trained run directory or pretrained:NAME "
                           "(model_dir=outputs/... or model_dir=pretrained:chest_dcnet)."))
@@ -304,7 +309,8 @@ def evaluate_main(cfg) -> None:
 @hydra.main(version_base=None, config_name="run")
 @_multiprocess
 def baselines_main(cfg) -> None:
-    """``metajax-baselines [overrides]``: zero-filled, TV (λ tuned on validation, widened grid) and conventional training of the configured network, evaluated as ``metajax-train`` does."""
+    """``metajax-baselines [overrides]``: zero-filled, TV (λ tuned on validation, widened grid) and conventional
+    training of the configured network, evaluated as ``metajax-train`` does."""
     out_dir = _out_dir()
     try:
         exp = Experiment(cfg, _base())
@@ -364,7 +370,8 @@ def adapt_model(cfg, source: ModelSource, new_exp: Experiment, log=_log):
 @hydra.main(version_base=None, config_name="adapt")
 @guard_writes
 def adapt_main(cfg) -> None:
-    """``metajax-adapt adapt.model_dir=M [overrides]``: adapt a trained model to new data or tasks (``adapt.mode`` omega, finetune or self) and report before/after rows (docs/adaptation.md)."""
+    """``metajax-adapt adapt.model_dir=M [overrides]``: adapt a trained model to new data or tasks (``adapt.mode``
+    omega, finetune or self) and report before/after rows (docs/adaptation.md)."""
     try:
         out_dir = _fresh_out_dir()
         check_config(cfg)

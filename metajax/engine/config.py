@@ -39,15 +39,13 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from metajax.engine.rundir import HYDRA_CALLBACKS
+from metajax.engine.rundir import register_checks
 
 
 @dataclass
 class DataConfig:
-    """The ``data`` group: where the images come from and the train/val/test slice ranges (``data=default`` the embedded chest set, ``data=template``, ``data=fastmri data.path=F``, ...).
-
-    Each field's meaning is the comment beside it in ``metajax/engine/config.py`` (shown below).
-    """
+    """The ``data`` group: where the images come from and the train/val/test slice ranges (``data=default`` the embedded
+    chest set, ``data=template``, ``data=fastmri data.path=F``, ...)."""
 
     source: str = "chest"  # chest (embedded) | template (embedded) | fastmri | nifti | folder
     path: Optional[str] = None  # file (fastmri, nifti) or folder; relative paths are from the launch directory
@@ -61,10 +59,7 @@ class DataConfig:
 
 @dataclass
 class TasksConfig:
-    """The ``tasks`` group: one task per sampling ratio (or mask family) — the mask family, ratios, noise and crop.
-
-    Each field's meaning is the comment beside it in ``metajax/engine/config.py`` (shown below).
-    """
+    """The ``tasks`` group: one task per sampling ratio (or mask family) — the mask family, ratios, noise and crop."""
 
     mask: str = "pseudo_radial"  # a family of metajax.masks.FAMILIES (pseudo_radial: embedded, 256²), file, or
     # mixture (task i: family families[i] at ratio ratios[i])
@@ -82,10 +77,7 @@ class TasksConfig:
 
 @dataclass
 class ModelConfig:
-    """The ``model`` group: the unrolled network (``dcnet``, ``loa``, ``loa_paper``, ``pdnet``) and its size.
-
-    Each field's meaning is the comment beside it in ``metajax/engine/config.py`` (shown below).
-    """
+    """The ``model`` group: the unrolled network (``dcnet``, ``loa``, ``loa_paper``, ``pdnet``) and its size."""
 
     name: str = "dcnet"  # dcnet | loa | loa_paper | pdnet
     phases: int = 5
@@ -97,10 +89,8 @@ class ModelConfig:
 
 @dataclass
 class SolverConfig:
-    """The ``solver`` group: the bilevel method (``penalty``, ``implicit``, ``maml``, ``fomaml``, ``task_weights``, ``conventional``, ``joint``) and its settings.
-
-    Each field's meaning is the comment beside it in ``metajax/engine/config.py`` (shown below).
-    """
+    """The ``solver`` group: the bilevel method (``penalty``, ``implicit``, ``maml``, ``fomaml``, ``task_weights``,
+    ``conventional``, ``joint``) and its settings."""
 
     name: str = "penalty"  # penalty | implicit | maml | fomaml | task_weights | conventional
     adjoint: str = "autodiff"  # autodiff | mlm: how the unrolled network is differentiated
@@ -124,10 +114,7 @@ class SolverConfig:
 
 @dataclass
 class TrainerConfig:
-    """The ``trainer`` node: steps, batch, optimizer and schedule, checkpoints, validation, devices and processes.
-
-    Each field's meaning is the comment beside it in ``metajax/engine/config.py`` (shown below).
-    """
+    """The ``trainer`` node: steps, batch, optimizer and schedule, checkpoints, validation, devices and processes."""
 
     steps: int = 200  # training steps (gradient evaluations)
     batch: int = 2  # images per task per step (the same number from each task's validation split)
@@ -161,10 +148,8 @@ class TrainerConfig:
 
 @dataclass
 class EvalConfig:
-    """The ``eval`` node: the split evaluated, the baselines (zero-filled, TV tuned on validation, conventional training), the shipped model compared with, the unseen-family shift, figures.
-
-    Each field's meaning is the comment beside it in ``metajax/engine/config.py`` (shown below).
-    """
+    """The ``eval`` node: the split evaluated, the baselines (zero-filled, TV tuned on validation, conventional
+    training), the shipped model compared with, the unseen-family shift, figures."""
 
     split: str = "test"
     baselines: bool = False  # also zero-filled, TV (λ tuned on validation) and conventional training
@@ -183,12 +168,11 @@ class EvalConfig:
 
 @dataclass
 class AdaptConfig:
-    """The ``adapt`` node of ``metajax-adapt``: the model to adapt, the mode (``omega``, ``finetune``, ``self``), loss, steps and learning rate.
+    """The ``adapt`` node of ``metajax-adapt``: the model to adapt, the mode (``omega``, ``finetune``, ``self``), loss,
+    steps and learning rate.
 
-    Each field's meaning is the comment beside it in ``metajax/engine/config.py`` (shown below).
+    The same fields as ``metajax.engine.adaptation.Settings``.
     """
-
-    """Adaptation of a trained model to new tasks (metajax.engine.adaptation: the same fields as its Settings)."""
 
     model_dir: str = MISSING  # run directory of a trained model (model.eqx, config.yaml) or pretrained:NAME
     mode: str = "self"  # self: splitting loss on the test split's own measurements (no ground truth read) |
@@ -378,4 +362,4 @@ def register() -> None:
     for name, node in CLUSTERS.items():
         cs.store(group="cluster", name=name, node=node, package="_global_")
     cs.store(group="cluster", name="none", node={}, package="_global_")
-    cs.store(group="checks", name="default", node=HYDRA_CALLBACKS, package="_global_")  # engine.rundir
+    register_checks()

@@ -66,7 +66,7 @@ from metajax._validation import as_binary_mask, open_hdf5, require_file
 from metajax.engine import adaptation
 from metajax.engine.experiment import ConfigError, resolve_path
 from metajax.engine.models import load_model_source
-from metajax.engine.rundir import HYDRA_CALLBACKS, guard_writes
+from metajax.engine.rundir import guard_writes, register_checks
 from metajax.engine.scans import choose_mask
 from metajax.models import tv_reconstruction
 from metajax.operators import MultiCoilMRI, SingleCoilMRI
@@ -105,7 +105,7 @@ class ReconstructConfig:
 
 
 ConfigStore.instance().store(name="reconstruct", node=ReconstructConfig)
-ConfigStore.instance().store(group="checks", name="default", node=HYDRA_CALLBACKS, package="_global_")
+register_checks()
 
 
 def check_options(cfg) -> None:
@@ -370,7 +370,9 @@ def _multicoil_main(cfg, path: Path, out_dir: Path, base: Path) -> None:
 @hydra.main(version_base=None, config_name="reconstruct")
 @guard_writes
 def reconstruct_main(cfg) -> None:
-    """``metajax-reconstruct input=F [options]``: reconstruct every slice of a single- or multi-coil scan (HDF5 or BART), self-check it without ground truth, write ``reconstruction.h5`` and PNGs (docs/models.md, docs/multicoil.md)."""
+    """``metajax-reconstruct input=F [options]``: reconstruct every slice of a single- or multi-coil scan (HDF5 or
+    BART), self-check it without ground truth, write ``reconstruction.h5`` and PNGs (docs/models.md,
+    docs/multicoil.md)."""
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     base = Path(hydra.utils.get_original_cwd())
     path = resolve_path(cfg.input, base)
@@ -383,9 +385,8 @@ def reconstruct_main(cfg) -> None:
                 if not path.with_suffix(suffix).is_file():
                     raise FileNotFoundError(f"`input`: {str(path.with_suffix(suffix))!r} does not exist (a BART "
                                             "array is NAME.hdr + NAME.cfl).")
-        elif not path.is_file():
-            raise FileNotFoundError(f"`input`: {str(path)!r} " + ("is a directory, not a file." if path.is_dir()
-                                                                   else "does not exist."))
+        else:
+            require_file("input", path)
         multicoil = is_multicoil_file(path)
     except (FileNotFoundError, ValueError, TypeError) as error:
         _fail(error)

@@ -46,7 +46,13 @@ class RunDirCheck(Callback):
         check_writable("hydra.sweep.dir", config.hydra.sweep.dir)
 
 
-HYDRA_CALLBACKS = {"hydra": {"callbacks": {"run_dir": {"_target_": f"{__name__}.RunDirCheck"}}}}
+def register_checks() -> None:
+    """Store the ``checks`` config group (package ``_global_``) whose ``default`` adds :class:`RunDirCheck` to
+    ``hydra.callbacks``; a console script's root config lists ``{"checks": "default"}`` in its defaults."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group="checks", name="default", package="_global_",
+                                 node={"hydra": {"callbacks": {"run_dir": {"_target_": f"{__name__}.RunDirCheck"}}}})
 
 
 def guard_writes(main):
