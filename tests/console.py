@@ -16,18 +16,14 @@ from hydra.core.global_hydra import GlobalHydra
 # (its own `model` key would otherwise be read as the `model` config group)
 _RUN_NODES = ("run.yaml", "adapt.yaml", "data", "tasks", "model", "solver", "trainer", "eval", "preset", "cluster")
 
-ENTRY_POINTS = {"train": "cli:train_main", "evaluate": "cli:evaluate_main", "adapt": "cli:adapt_main",
-                "baselines": "cli:baselines_main", "reconstruct": "reconstruct:reconstruct_main"}
-
 
 def console(entry: str, *overrides: str) -> subprocess.CompletedProcess:
     """Run ``metajax-ENTRY overrides…`` in this process; the exit status, stdout and stderr as a subprocess
     would report them (an uncaught exception is status 1 with its traceback on stderr, as Python prints it)."""
-    import importlib
     import traceback
+    from importlib.metadata import entry_points
 
-    module, function = ENTRY_POINTS[entry].split(":")
-    main = getattr(importlib.import_module(f"metajax.engine.{module}"), function)
+    main = entry_points(group="console_scripts")[f"metajax-{entry}"].load()  # the installed script's function
     GlobalHydra.instance().clear()
     repo = ConfigStore.instance().repo
     saved = dict(repo)
