@@ -293,7 +293,7 @@ def test_reconstruct_a_users_kspace_end_to_end(tmp_path):
     from metajax import metrics
 
     name = _pretrained_name()
-    scan, images, _ = _users_scan(tmp_path)
+    scan, images = _users_scan(tmp_path)
     out = tmp_path / "out"
     result = run_script("metajax.engine.reconstruct", f"input={scan}", f"model=pretrained:{name}",
                         f"hydra.run.dir={out}")
@@ -323,7 +323,7 @@ def _users_scan(tmp_path):
     with h5py.File(scan, "w") as f:  # fully sampled, 3× the training scale: undersampled and rescaled for the model
         f["kspace"] = np.asarray(fft2c(3.0 * images.astype(np.complex64)))
         f["mask"] = mask.astype(np.uint8)
-    return scan, images, mask
+    return scan, images
 
 
 @pytest.mark.slow
@@ -334,7 +334,7 @@ def test_reconstruct_self_adaptation_on_the_files_own_measurements(tmp_path):
     from metajax import metrics
 
     name = _pretrained_name()
-    scan, images, _ = _users_scan(tmp_path)
+    scan, images = _users_scan(tmp_path)
     truth = 3.0 * images
     out = tmp_path / "out"
     run_script("metajax.engine.reconstruct", f"input={scan}", f"model=pretrained:{name}", "png=false", "check=false",
@@ -360,7 +360,7 @@ def test_reconstruct_rejects_mismatches_before_work(tmp_path):
 
     from console import console
 
-    scan, _, _ = _users_scan(tmp_path)
+    scan, _ = _users_scan(tmp_path)
     with h5py.File(tmp_path / "multicoil.h5", "w") as f:
         f["kspace"] = np.zeros((1, 4, 8, 8), np.complex64)
     with h5py.File(tmp_path / "masks.h5", "w") as f:
